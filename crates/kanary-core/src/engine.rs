@@ -1,0 +1,412 @@
+//! The detection engine: per-service warm-up, fitting and scoring of events, shared by the
+//! online service (`kanary detect`, `kanary demo`) and offline evaluation (`kanary eval`), so
+//! that offline numbers predict online behaviour.
+//!
+//! Each service's first `train_events` valid events are collected; the service's detector is
+//! fitted on them, and every later event is scored. Events are processed in order per service;
+//! [`Engine::process_batch`] scores each service's events of a batch in one call to the
+//! model's batch path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::detector::{DetectorConfig, FitError, FittedDetector, MIN_TRAIN_ROWS};
+use crate::event::{Event, EventError};
+
+/// When to compute per-feature contributions of a scored event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Explain {
+    /// Only for flagged events (what anomaly records need).
+    #[default]
+    Flagged,
+    /// For every scored event.
+    All,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    pub detector: DetectorConfig,
+    /// Events per service to fit on before scoring.
+    pub train_events: usize,
+    /// Features to use; `None`: every numeric field of each service's first event.
+    pub features: Option<Vec<String>>,
+    pub explain: Explain,
+}
+
+impl EngineConfig {
+    pub fn new(detector: DetectorConfig) -> Self {
+        EngineConfig {
+            detector,
+            train_events: 1000,
+            features: None,
+            explain: Explain::Flagged,
+        }
+    }
+}
+
+/// What happened to one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The event cannot be used; it is not scored.
+    Invalid(EventError),
+    /// The event was kept for fitting its service's model. `fitted` is set on the event that
+    /// completed the training set (the model now exists); `error` if fitting failed, in which
+    /// case the service starts collecting again.
+    Training {
+        fitted: bool,
+        error: Option<FitError>,
+    },
+    /// The event was scored.
+    Scored(Scored),
+}
+
+/// A scored event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    pub score: f64,
+    pub threshold: f64,
+    pub flagged: bool,
+    /// Feature names of the service's model.
+    pub features: Arc<[String]>,
+    /// Feature values as received.
+    pub values: Vec<f64>,
+    /// Each feature's share of the score (per [`Explain`]); empty otherwise.
+    pub contributions: Vec<f64>,
+}
+
+#[derive(Debug, Clone)]
+enum ServiceState {
+    Warming {
+        features: Vec<String>,
+        rows: Vec<f64>,
+    },
+    Ready(Arc<FittedDetector>),
+}
+
+/// Per-service models and their warm-up state.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    cfg: EngineConfig,
+    services: HashMap<String, ServiceState>,
+    /// Scratch: per-service pending rows in the current batch.
+    pending: HashMap<String, Pending>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Pending {
+    rows: Vec<f64>,
+    indices: Vec<usize>,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig) -> Self {
+        Engine {
+            cfg,
+            services: HashMap::new(),
+            pending: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Installs a fitted model for `service` (from a model file or a training file).
+    pub fn insert_model(&mut self, service: impl Into<String>, model: FittedDetector) {
+        self.services
+            .insert(service.into(), ServiceState::Ready(Arc::new(model)));
+    }
+
+    /// The fitted models, by service.
+    pub fn models(&self) -> impl Iterator<Item = (&str, &Arc<FittedDetector>)> {
+        self.services.iter().filter_map(|(s, st)| match st {
+            ServiceState::Ready(m) => Some((s.as_str(), m)),
+            ServiceState::Warming { .. } => None,
+        })
+    }
+
+    /// The fitted model of one service.
+    pub fn model(&self, service: &str) -> Option<&Arc<FittedDetector>> {
+        match self.services.get(service)? {
+            ServiceState::Ready(m) => Some(m),
+            ServiceState::Warming { .. } => None,
+        }
+    }
+
+    /// Services seen, fitted or not.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Events collected so far by services still warming up.
+    pub fn warming_events(&self) -> usize {
+        self.services
+            .values()
+            .map(|s| match s {
+                ServiceState::Warming { features, rows } => rows.len() / features.len().max(1),
+                ServiceState::Ready(_) => 0,
+            })
+            .sum()
+    }
+
+    /// Fits one model per service on `events` (a training set), replacing existing ones.
+    /// Invalid events are skipped and counted in the returned map by reason.
+    pub fn fit_all(
+        &mut self,
+        events: &[Event],
+        trained_at: f64,
+    ) -> Result<HashMap<&'static str, u64>, (String, FitError)> {
+        let mut invalid: HashMap<&'static str, u64> = HashMap::new();
+        let mut by_service: HashMap<&str, (Vec<String>, Vec<f64>)> = HashMap::new();
+        let mut row = Vec::new();
+        for ev in events {
+            let entry = by_service.entry(ev.service.as_str()).or_insert_with(|| {
+                (
+                    self.cfg
+                        .features
+                        .clone()
+                        .unwrap_or_else(|| ev.feature_names()),
+                    Vec::new(),
+                )
+            });
+            match ev.extract_into(&entry.0, &mut row) {
+                Ok(()) => entry.1.extend_from_slice(&row),
+                Err(e) => *invalid.entry(e.reason()).or_default() += 1,
+            }
+        }
+        let mut services: Vec<_> = by_service.into_iter().collect();
+        services.sort_by(|a, b| a.0.cmp(b.0));
+        for (service, (features, rows)) in services {
+            let m = FittedDetector::fit(&self.cfg.detector, features, &rows, trained_at)
+                .map_err(|e| (service.to_string(), e))?;
+            self.insert_model(service, m);
+        }
+        Ok(invalid)
+    }
+
+    /// Processes one event.
+    pub fn process(&mut self, ev: &Event, now: f64) -> Outcome {
+        let mut out = Vec::with_capacity(1);
+        self.process_batch(std::slice::from_ref(ev), now, &mut out);
+        out.pop().expect("one outcome per event")
+    }
+
+    /// Processes events in order, appending one outcome per event to `out`. Events of services
+    /// that have a model are scored together per service.
+    pub fn process_batch(&mut self, events: &[Event], now: f64, out: &mut Vec<Outcome>) {
+        let base = out.len();
+        let train_events = self.cfg.train_events.max(MIN_TRAIN_ROWS);
+        for p in self.pending.values_mut() {
+            p.rows.clear();
+            p.indices.clear();
+        }
+        let mut row = Vec::new();
+        for (i, ev) in events.iter().enumerate() {
+            let state = match self.services.get_mut(ev.service.as_str()) {
+                Some(s) => s,
+                None => {
+                    let features = self
+                        .cfg
+                        .features
+                        .clone()
+                        .unwrap_or_else(|| ev.feature_names());
+                    if features.is_empty() {
+                        out.push(Outcome::Invalid(EventError::MissingFeature(
+                            "(no numeric fields)".into(),
+                        )));
+                        continue;
+                    }
+                    self.services
+                        .entry(ev.service.clone())
+                        .or_insert(ServiceState::Warming {
+                            features,
+                            rows: Vec::new(),
+                        })
+                }
+            };
+            match state {
+                ServiceState::Warming { features, rows } => {
+                    if let Err(e) = ev.extract_into(features, &mut row) {
+                        out.push(Outcome::Invalid(e));
+                        continue;
+                    }
+                    rows.extend_from_slice(&row);
+                    if rows.len() / features.len() < train_events {
+                        out.push(Outcome::Training {
+                            fitted: false,
+                            error: None,
+                        });
+                        continue;
+                    }
+                    let features = std::mem::take(features);
+                    let rows = std::mem::take(rows);
+                    match FittedDetector::fit(&self.cfg.detector, features.clone(), &rows, now) {
+                        Ok(m) => {
+                            *state = ServiceState::Ready(Arc::new(m));
+                            out.push(Outcome::Training {
+                                fitted: true,
+                                error: None,
+                            });
+                        }
+                        Err(e) => {
+                            *state = ServiceState::Warming {
+                                features,
+                                rows: Vec::new(),
+                            };
+                            out.push(Outcome::Training {
+                                fitted: false,
+                                error: Some(e),
+                            });
+                        }
+                    }
+                }
+                ServiceState::Ready(m) => match ev.extract_into(&m.features, &mut row) {
+                    Ok(()) => {
+                        let p = match self.pending.get_mut(ev.service.as_str()) {
+                            Some(p) => p,
+                            None => self.pending.entry(ev.service.clone()).or_default(),
+                        };
+                        p.rows.extend_from_slice(&row);
+                        p.indices.push(i);
+                        // Placeholder, replaced once the batch is scored.
+                        out.push(Outcome::Training {
+                            fitted: false,
+                            error: None,
+                        });
+                    }
+                    Err(e) => out.push(Outcome::Invalid(e)),
+                },
+            }
+        }
+        // Score each service's pending rows in one batch.
+        let explain_all = self.cfg.explain == Explain::All;
+        for (service, p) in self.pending.iter_mut() {
+            if p.indices.is_empty() {
+                continue;
+            }
+            let Some(ServiceState::Ready(m)) = self.services.get(service) else {
+                continue;
+            };
+            let d = m.dim();
+            let raw = p.rows.clone();
+            let mut scores = vec![0.0; p.indices.len()];
+            m.score_raw_batch(&mut p.rows, &mut scores);
+            for (k, &i) in p.indices.iter().enumerate() {
+                let score = scores[k];
+                let flagged = score >= m.threshold;
+                let contributions = if flagged || explain_all {
+                    m.contributions_scaled(&p.rows[k * d..(k + 1) * d])
+                } else {
+                    Vec::new()
+                };
+                out[base + i] = Outcome::Scored(Scored {
+                    score,
+                    threshold: m.threshold,
+                    flagged,
+                    features: m.features.clone(),
+                    values: raw[k * d..(k + 1) * d].to_vec(),
+                    contributions,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detector::ModelKind;
+    use crate::simulate::{DEFAULT_START_TS, Scenario, Simulator};
+
+    fn engine(kind: ModelKind, train: usize) -> Engine {
+        let mut cfg = EngineConfig::new(DetectorConfig::new(kind));
+        cfg.train_events = train;
+        Engine::new(cfg)
+    }
+
+    #[test]
+    fn warms_up_then_scores() {
+        let mut e = engine(ModelKind::ZScore, 100);
+        let evs: Vec<Event> = Simulator::new(Scenario::Seed, 1, DEFAULT_START_TS)
+            .take(150)
+            .collect();
+        let outs: Vec<Outcome> = evs.iter().map(|ev| e.process(ev, 0.0)).collect();
+        for o in &outs[..99] {
+            assert!(matches!(
+                o,
+                Outcome::Training {
+                    fitted: false,
+                    error: None
+                }
+            ));
+        }
+        assert!(matches!(outs[99], Outcome::Training { fitted: true, .. }));
+        assert!(outs[100..].iter().all(|o| matches!(o, Outcome::Scored(_))));
+        assert!(e.model("default").is_some());
+    }
+
+    #[test]
+    fn batch_and_single_processing_agree() {
+        let evs: Vec<Event> = Simulator::new(Scenario::Microservices, 2, DEFAULT_START_TS)
+            .take(1200)
+            .collect();
+        let mut a = engine(ModelKind::IForest, 100);
+        let single: Vec<Outcome> = evs.iter().map(|ev| a.process(ev, 0.0)).collect();
+        let mut b = engine(ModelKind::IForest, 100);
+        let mut batched = Vec::new();
+        for chunk in evs.chunks(97) {
+            b.process_batch(chunk, 0.0, &mut batched);
+        }
+        assert_eq!(single.len(), batched.len());
+        for (x, y) in single.iter().zip(&batched) {
+            match (x, y) {
+                (Outcome::Scored(x), Outcome::Scored(y)) => {
+                    assert!((x.score - y.score).abs() < 1e-9);
+                    assert_eq!(x.flagged, y.flagged);
+                }
+                (x, y) => assert_eq!(x, y),
+            }
+        }
+        assert_eq!(b.service_count(), 4);
+    }
+
+    #[test]
+    fn missing_features_are_invalid_and_not_fatal() {
+        let mut e = engine(ModelKind::ZScore, 10);
+        for i in 0..10 {
+            let ev = Event::new(i as f64, "svc")
+                .with_field("a", i as f64)
+                .with_field("b", 1.0);
+            e.process(&ev, 0.0);
+        }
+        let bad = Event::new(11.0, "svc").with_field("a", 1.0);
+        assert_eq!(
+            e.process(&bad, 0.0),
+            Outcome::Invalid(EventError::MissingFeature("b".into()))
+        );
+        let good = Event::new(12.0, "svc")
+            .with_field("a", 1.0)
+            .with_field("b", 1.0);
+        assert!(matches!(e.process(&good, 0.0), Outcome::Scored(_)));
+    }
+
+    #[test]
+    fn contributions_on_flagged_events() {
+        let mut e = engine(ModelKind::ZScore, 100);
+        for ev in Simulator::new(Scenario::Seed, 3, DEFAULT_START_TS).take(100) {
+            e.process(&ev, 0.0);
+        }
+        let ev = Event::new(1.0, "default")
+            .with_field("latency", 100.0)
+            .with_field("cpu", 95.0)
+            .with_field("memory", 500.0);
+        let Outcome::Scored(s) = e.process(&ev, 0.0) else {
+            panic!("not scored")
+        };
+        assert!(s.flagged);
+        assert_eq!(s.contributions.len(), 3);
+        assert!(s.contributions[1] > 0.9);
+        assert_eq!(s.values, vec![100.0, 95.0, 500.0]);
+    }
+}

@@ -1,0 +1,694 @@
+//! Metric events: parsing, validation and serialisation.
+//!
+//! One JSON object per message (see DESIGN.md). The thesis producer's flat form is accepted as
+//! is: `{"ts": 1732550000.123, "latency": 101.2, "cpu": 35.1, "memory": 498.7, "label": 0}`.
+//! `ts` is required, `service` defaults to `"default"`, `label` (0/1) is optional ground truth,
+//! every other numeric field is a feature and string fields are metadata.
+//!
+//! Bad input never panics: it yields an [`EventError`] whose [`EventError::reason`] is a short,
+//! stable label used for the `detector_invalid_events_total{reason}` metric and dead-letter
+//! headers.
+
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+/// Service name used when an event carries none.
+pub const DEFAULT_SERVICE: &str = "default";
+/// Default upper bound on the size of one serialised event.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024;
+
+/// A parsed, validated metric event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Seconds since the Unix epoch.
+    pub ts: f64,
+    /// The service the event describes (models and windows are kept per service).
+    pub service: String,
+    /// Numeric fields other than `ts` and `label`, in document order.
+    pub fields: Vec<(String, f64)>,
+    /// String fields other than `service` (e.g. the simulator's `anomaly`), in document order.
+    pub meta: Vec<(String, String)>,
+    /// Names of fields whose value is neither a number nor a string (bool, null, array, object).
+    pub other: Vec<String>,
+    /// Ground truth, when present. Used for evaluation only.
+    pub label: Option<bool>,
+}
+
+/// Why an input could not be used. Each variant has a distinct [`reason`](EventError::reason).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EventError {
+    #[error("event of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("not valid JSON: {0}")]
+    NotJson(String),
+    #[error("JSON value is not an object")]
+    NotObject,
+    #[error("missing required field `ts`")]
+    MissingTs,
+    #[error("missing feature `{0}`")]
+    MissingFeature(String),
+    #[error("field `{0}` is not a finite number")]
+    NonFinite(String),
+    #[error("field `{field}` has the wrong type: expected {expected}")]
+    WrongType {
+        field: String,
+        expected: &'static str,
+    },
+}
+
+impl EventError {
+    /// Every reason label, for pre-registering metrics and documentation.
+    pub const REASONS: [&'static str; 7] = [
+        "too_large",
+        "not_json",
+        "not_object",
+        "missing_ts",
+        "missing_feature",
+        "non_finite",
+        "wrong_type",
+    ];
+
+    /// Short stable label for metrics and dead-letter headers.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EventError::TooLarge { .. } => "too_large",
+            EventError::NotJson(_) => "not_json",
+            EventError::NotObject => "not_object",
+            EventError::MissingTs => "missing_ts",
+            EventError::MissingFeature(_) => "missing_feature",
+            EventError::NonFinite(_) => "non_finite",
+            EventError::WrongType { .. } => "wrong_type",
+        }
+    }
+}
+
+impl Event {
+    /// A new event with no fields, for building events in code.
+    pub fn new(ts: f64, service: impl Into<String>) -> Self {
+        Event {
+            ts,
+            service: service.into(),
+            fields: Vec::new(),
+            meta: Vec::new(),
+            other: Vec::new(),
+            label: None,
+        }
+    }
+
+    /// Adds a numeric field (builder style).
+    pub fn with_field(mut self, name: impl Into<String>, value: f64) -> Self {
+        self.fields.push((name.into(), value));
+        self
+    }
+
+    /// Parses and validates one serialised event of at most [`DEFAULT_MAX_EVENT_BYTES`].
+    pub fn parse(bytes: &[u8]) -> Result<Event, EventError> {
+        Event::parse_with_limit(bytes, DEFAULT_MAX_EVENT_BYTES)
+    }
+
+    /// Parses and validates one serialised event of at most `limit` bytes.
+    pub fn parse_with_limit(bytes: &[u8], limit: usize) -> Result<Event, EventError> {
+        if bytes.len() > limit {
+            return Err(EventError::TooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let parsed = EventSeed
+            .deserialize(&mut de)
+            .and_then(|ev| de.end().map(|()| ev));
+        match parsed {
+            Ok(ev) => ev,
+            Err(e) => Err(classify_json_error(bytes, e)),
+        }
+    }
+
+    /// The value of numeric field `name` (the last one if repeated).
+    pub fn field(&self, name: &str) -> Option<f64> {
+        self.fields
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| *v)
+    }
+
+    /// The value of string field `name` (the last one if repeated).
+    pub fn meta(&self, name: &str) -> Option<&str> {
+        self.meta
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Names of the numeric features, in document order, without repeats.
+    pub fn feature_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::with_capacity(self.fields.len());
+        for (k, _) in &self.fields {
+            if !names.iter().any(|n| n == k) {
+                names.push(k.clone());
+            }
+        }
+        names
+    }
+
+    /// Writes the values of `features` into `out` (cleared first), or says which is missing or
+    /// of the wrong type.
+    pub fn extract_into(&self, features: &[String], out: &mut Vec<f64>) -> Result<(), EventError> {
+        out.clear();
+        for name in features {
+            match self.field(name) {
+                Some(v) => out.push(v),
+                None => {
+                    let present = self.meta.iter().any(|(k, _)| k == name)
+                        || self.other.iter().any(|k| k == name)
+                        || name == "service";
+                    return Err(if present {
+                        EventError::WrongType {
+                            field: name.clone(),
+                            expected: "number",
+                        }
+                    } else {
+                        EventError::MissingFeature(name.clone())
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Serialises the event as one compact JSON object (no trailing newline). The service is
+    /// omitted when it is the default, so that the thesis' flat form round-trips unchanged.
+    pub fn to_json(&self) -> String {
+        let mut s = String::with_capacity(128);
+        self.write_json(&mut s);
+        s
+    }
+
+    /// Appends the JSON form of the event to `out`.
+    pub fn write_json(&self, out: &mut String) {
+        out.push_str("{\"ts\":");
+        write_f64(out, self.ts);
+        if self.service != DEFAULT_SERVICE {
+            out.push_str(",\"service\":");
+            write_json_str(out, &self.service);
+        }
+        for (k, v) in &self.fields {
+            out.push(',');
+            write_json_str(out, k);
+            out.push(':');
+            write_f64(out, *v);
+        }
+        if let Some(l) = self.label {
+            out.push_str(if l { ",\"label\":1" } else { ",\"label\":0" });
+        }
+        for (k, v) in &self.meta {
+            out.push(',');
+            write_json_str(out, k);
+            out.push(':');
+            write_json_str(out, v);
+        }
+        out.push('}');
+    }
+}
+
+/// Writes a finite f64 in JSON form (integers without a fraction are written as `x.0`-free
+/// integers; non-finite values, which events never hold, are written as `null`).
+pub fn write_f64(out: &mut String, v: f64) {
+    if v.is_finite() {
+        let _ = write!(out, "{v}");
+    } else {
+        out.push_str("null");
+    }
+}
+
+/// Writes `s` as a JSON string literal.
+pub fn write_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn classify_json_error(bytes: &[u8], e: serde_json::Error) -> EventError {
+    // Our visitor reports validation failures as custom errors carrying an encoded EventError.
+    let msg = e.to_string();
+    if let Some(rest) = msg.strip_prefix(CUSTOM_PREFIX) {
+        return decode_custom(rest);
+    }
+    if e.is_syntax() || e.is_eof() {
+        // Python's json.dumps writes NaN and Infinity as bare tokens: a non-finite value, not
+        // garbage. serde_json reports numbers beyond f64 as "number out of range".
+        if msg.contains("number out of range") {
+            return EventError::NonFinite(field_before_error(bytes, e.column(), e.line()));
+        }
+        if let Some(field) = bare_non_finite_token(bytes) {
+            return EventError::NonFinite(field);
+        }
+    }
+    if e.is_data() && msg.contains("invalid type") {
+        return EventError::NotObject;
+    }
+    EventError::NotJson(truncate(&msg, 200))
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// If `bytes` holds a bare `NaN`, `Infinity` or `-Infinity` token outside a string, the name of
+/// the field it belongs to (or `?`).
+fn bare_non_finite_token(bytes: &[u8]) -> Option<String> {
+    let mut in_str = false;
+    let mut escaped = false;
+    let mut last_key: Option<(usize, usize)> = None;
+    let mut str_start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_str = false;
+                // A string followed by ':' is a key.
+                let mut j = i + 1;
+                while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+                if j < bytes.len() && bytes[j] == b':' {
+                    last_key = Some((str_start, i));
+                }
+            }
+        } else if b == b'"' {
+            in_str = true;
+            str_start = i + 1;
+        } else if bytes[i..].starts_with(b"NaN") || bytes[i..].starts_with(b"Infinity") {
+            let name = last_key
+                .map(|(s, e)| String::from_utf8_lossy(&bytes[s..e]).into_owned())
+                .unwrap_or_else(|| "?".to_string());
+            return Some(name);
+        }
+        i += 1;
+    }
+    None
+}
+
+fn field_before_error(bytes: &[u8], column: usize, line: usize) -> String {
+    // Find the byte offset of (line, column), then the last key before it.
+    let mut offset = 0;
+    let mut cur_line = 1;
+    for (i, &b) in bytes.iter().enumerate() {
+        if cur_line == line {
+            offset = (i + column).min(bytes.len());
+            break;
+        }
+        if b == b'\n' {
+            cur_line += 1;
+        }
+    }
+    let prefix = &bytes[..offset];
+    let text = String::from_utf8_lossy(prefix);
+    // The last `"key":` before the offending number.
+    if let Some(colon) = text.rfind(':') {
+        let before = &text[..colon];
+        let before = before.trim_end();
+        if let Some(stripped) = before.strip_suffix('"')
+            && let Some(start) = stripped.rfind('"')
+        {
+            return stripped[start + 1..].to_string();
+        }
+    }
+    "?".to_string()
+}
+
+const CUSTOM_PREFIX: &str = "kanary:";
+
+fn encode_custom(e: &EventError) -> String {
+    let arg = match e {
+        EventError::MissingFeature(f) | EventError::NonFinite(f) => f.clone(),
+        EventError::WrongType { field, expected } => format!("{field}\u{1}{expected}"),
+        _ => String::new(),
+    };
+    format!("{CUSTOM_PREFIX}{}\u{0}{arg}", e.reason())
+}
+
+fn decode_custom(s: &str) -> EventError {
+    // serde_json appends " at line L column C" to custom messages.
+    let s = match s.rfind(" at line ") {
+        Some(i) => &s[..i],
+        None => s,
+    };
+    let (reason, arg) = s.split_once('\u{0}').unwrap_or((s, ""));
+    match reason {
+        "missing_ts" => EventError::MissingTs,
+        "non_finite" => EventError::NonFinite(arg.to_string()),
+        "missing_feature" => EventError::MissingFeature(arg.to_string()),
+        "wrong_type" => {
+            let (field, expected) = arg.split_once('\u{1}').unwrap_or((arg, "number"));
+            let expected = match expected {
+                "string" => "string",
+                "0 or 1" => "0 or 1",
+                _ => "number",
+            };
+            EventError::WrongType {
+                field: field.to_string(),
+                expected,
+            }
+        }
+        _ => EventError::NotObject,
+    }
+}
+
+fn custom<E: de::Error>(e: EventError) -> E {
+    E::custom(encode_custom(&e))
+}
+
+/// A JSON value as far as events care.
+enum FieldValue {
+    Num(f64),
+    Str(String),
+    Bool(bool),
+    Null,
+    Nested,
+}
+
+impl<'de> Deserialize<'de> for FieldValue {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FieldValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<FieldValue, E> {
+                Ok(FieldValue::Num(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<FieldValue, E> {
+                Ok(FieldValue::Num(v as f64))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<FieldValue, E> {
+                Ok(FieldValue::Num(v as f64))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<FieldValue, E> {
+                Ok(FieldValue::Str(v.to_string()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<FieldValue, E> {
+                Ok(FieldValue::Str(v))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<FieldValue, E> {
+                Ok(FieldValue::Bool(v))
+            }
+            fn visit_unit<E>(self) -> Result<FieldValue, E> {
+                Ok(FieldValue::Null)
+            }
+            fn visit_none<E>(self) -> Result<FieldValue, E> {
+                Ok(FieldValue::Null)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<FieldValue, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(FieldValue::Nested)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<FieldValue, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(FieldValue::Nested)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A map key, borrowed from the input when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Deserialises a whole event; the inner `Result` carries validation errors that are only
+/// known once the object is complete (a missing `ts`).
+struct EventSeed;
+
+impl<'de> DeserializeSeed<'de> for EventSeed {
+    type Value = Result<Event, EventError>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(EventVisitor)
+    }
+}
+
+struct EventVisitor;
+
+impl<'de> Visitor<'de> for EventVisitor {
+    type Value = Result<Event, EventError>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut ts: Option<f64> = None;
+        let mut service: Option<String> = None;
+        let mut label: Option<bool> = None;
+        let mut fields = Vec::with_capacity(4);
+        let mut meta = Vec::new();
+        let mut other = Vec::new();
+        while let Some(Key(k)) = map.next_key::<Key>()? {
+            let v: FieldValue = map.next_value()?;
+            match (k.as_ref(), v) {
+                ("ts", FieldValue::Num(x)) => {
+                    if !x.is_finite() {
+                        return Err(custom(EventError::NonFinite("ts".into())));
+                    }
+                    ts = Some(x);
+                }
+                ("ts", _) => {
+                    return Err(custom(EventError::WrongType {
+                        field: "ts".into(),
+                        expected: "number",
+                    }));
+                }
+                ("service", FieldValue::Str(s)) => service = Some(s),
+                ("service", FieldValue::Null) => {}
+                ("service", _) => {
+                    return Err(custom(EventError::WrongType {
+                        field: "service".into(),
+                        expected: "string",
+                    }));
+                }
+                ("label", FieldValue::Null) => label = None,
+                ("label", FieldValue::Bool(b)) => label = Some(b),
+                ("label", FieldValue::Num(x)) if x == 0.0 || x == 1.0 => label = Some(x == 1.0),
+                ("label", _) => {
+                    return Err(custom(EventError::WrongType {
+                        field: "label".into(),
+                        expected: "0 or 1",
+                    }));
+                }
+                (_, FieldValue::Num(x)) => {
+                    if !x.is_finite() {
+                        return Err(custom(EventError::NonFinite(k.into_owned())));
+                    }
+                    fields.push((k.into_owned(), x));
+                }
+                (_, FieldValue::Str(s)) => meta.push((k.into_owned(), s)),
+                (_, FieldValue::Bool(_) | FieldValue::Null | FieldValue::Nested) => {
+                    other.push(k.into_owned())
+                }
+            }
+        }
+        let Some(ts) = ts else {
+            return Ok(Err(EventError::MissingTs));
+        };
+        Ok(Ok(Event {
+            ts,
+            service: service.unwrap_or_else(|| DEFAULT_SERVICE.to_string()),
+            fields,
+            meta,
+            other,
+            label,
+        }))
+    }
+
+    // Any other top-level JSON value is valid JSON but not an event.
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Err(EventError::NotObject))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Err(EventError::NotObject))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Err(EventError::NotObject))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Err(EventError::NotObject))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Err(EventError::NotObject))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Err(EventError::NotObject))
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        while a.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Err(EventError::NotObject))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_thesis_flat_form() {
+        let ev = Event::parse(
+            br#"{"ts": 1732550000.123, "latency": 101.2, "cpu": 35.1, "memory": 498.7, "label": 0}"#,
+        )
+        .unwrap();
+        assert_eq!(ev.ts, 1732550000.123);
+        assert_eq!(ev.service, "default");
+        assert_eq!(ev.label, Some(false));
+        assert_eq!(ev.feature_names(), names(&["latency", "cpu", "memory"]));
+        assert_eq!(ev.field("cpu"), Some(35.1));
+    }
+
+    #[test]
+    fn service_label_and_metadata() {
+        let ev = Event::parse(
+            br#"{"ts":1,"service":"checkout","latency":5,"anomaly":"latency","label":true,"ok":false}"#,
+        )
+        .unwrap();
+        assert_eq!(ev.service, "checkout");
+        assert_eq!(ev.label, Some(true));
+        assert_eq!(ev.meta("anomaly"), Some("latency"));
+        assert_eq!(ev.other, names(&["ok"]));
+        assert_eq!(ev.feature_names(), names(&["latency"]));
+    }
+
+    #[test]
+    fn each_kind_of_bad_input_has_its_reason() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"not json at all", "not_json"),
+            (b"{\"ts\": 1, \"cpu\": ", "not_json"),
+            (b"\xff\xfe", "not_json"),
+            (b"[1,2,3]", "not_object"),
+            (b"42", "not_object"),
+            (b"{\"cpu\": 1}", "missing_ts"),
+            (b"{\"ts\": 1, \"cpu\": NaN}", "non_finite"),
+            (b"{\"ts\": 1, \"cpu\": Infinity}", "non_finite"),
+            (b"{\"ts\": 1, \"cpu\": -Infinity}", "non_finite"),
+            (b"{\"ts\": 1, \"cpu\": 1e999}", "non_finite"),
+            (b"{\"ts\": \"yesterday\", \"cpu\": 1}", "wrong_type"),
+            (b"{\"ts\": 1, \"service\": 7}", "wrong_type"),
+            (b"{\"ts\": 1, \"label\": 2}", "wrong_type"),
+        ];
+        for (input, reason) in cases {
+            let err = Event::parse(input).unwrap_err();
+            assert_eq!(
+                err.reason(),
+                *reason,
+                "{:?} gave {err:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        let big = vec![b' '; DEFAULT_MAX_EVENT_BYTES + 1];
+        assert_eq!(Event::parse(&big).unwrap_err().reason(), "too_large");
+    }
+
+    #[test]
+    fn non_finite_names_the_field() {
+        let err = Event::parse(br#"{"ts": 1, "latency": 3, "cpu": NaN}"#).unwrap_err();
+        assert_eq!(err, EventError::NonFinite("cpu".into()));
+        let err = Event::parse(br#"{"ts": 1, "memory": 1e400}"#).unwrap_err();
+        assert_eq!(err, EventError::NonFinite("memory".into()));
+    }
+
+    #[test]
+    fn extraction_distinguishes_missing_and_wrong_type() {
+        let ev = Event::parse(br#"{"ts":1,"latency":5,"cpu":"high","memory":null}"#).unwrap();
+        let mut out = Vec::new();
+        ev.extract_into(&names(&["latency"]), &mut out).unwrap();
+        assert_eq!(out, vec![5.0]);
+        assert_eq!(
+            ev.extract_into(&names(&["latency", "cpu"]), &mut out)
+                .unwrap_err()
+                .reason(),
+            "wrong_type"
+        );
+        assert_eq!(
+            ev.extract_into(&names(&["memory"]), &mut out)
+                .unwrap_err()
+                .reason(),
+            "wrong_type"
+        );
+        assert_eq!(
+            ev.extract_into(&names(&["disk"]), &mut out).unwrap_err(),
+            EventError::MissingFeature("disk".into())
+        );
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let mut ev = Event::new(1732550000.5, "pay\"ments")
+            .with_field("latency", 101.25)
+            .with_field("cpu", 35.0);
+        ev.label = Some(true);
+        ev.meta.push(("anomaly".into(), "latency".into()));
+        let back = Event::parse(ev.to_json().as_bytes()).unwrap();
+        assert_eq!(back, ev);
+        // The default service is omitted, as in the thesis' form.
+        let flat = Event::new(1.0, DEFAULT_SERVICE).with_field("cpu", 1.5);
+        assert_eq!(flat.to_json(), r#"{"ts":1,"cpu":1.5}"#);
+    }
+
+    #[test]
+    fn escaped_keys_are_read() {
+        let ev = Event::parse(br#"{"ts":1,"c\u0070u":2}"#).unwrap();
+        assert_eq!(ev.field("cpu"), Some(2.0));
+    }
+}

@@ -1,0 +1,6 @@
+//! The anomaly models. Each takes standardised rows and scores them, higher = more anomalous.
+
+pub mod autoencoder;
+pub mod iforest;
+pub mod nn;
+pub mod zscore;

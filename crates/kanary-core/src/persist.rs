@@ -1,0 +1,203 @@
+//! Versioned model files.
+//!
+//! Layout: 8 magic bytes `KANARY\0M`, the format version (u32 LE), the payload length (u64 LE),
+//! the payload's CRC-32 (u32 LE), then the payload: a [`ModelFile`] in postcard. Decoding checks
+//! each in turn so that a file of another kind, a newer format, a truncated write or a flipped
+//! bit each gets its own clear error. The caller does the I/O; atomic writes (temporary file,
+//! fsync, rename) live in the binary.
+
+use serde::{Deserialize, Serialize};
+
+use crate::detector::{FittedDetector, ModelKind};
+
+/// First bytes of every model file.
+pub const MAGIC: &[u8; 8] = b"KANARY\0M";
+/// Format written by this build.
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = 8 + 4 + 8 + 4;
+
+/// The fitted detectors of one model kind, one per service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelFile {
+    /// Version of kanary that wrote the file.
+    pub kanary_version: String,
+    pub kind: ModelKind,
+    /// Seconds since the epoch when the file was written.
+    pub created_at: f64,
+    /// Kafka offsets (topic, partition, next offset) the models reflect, when saved by the
+    /// service; empty otherwise.
+    pub offsets: Vec<(String, i32, i64)>,
+    pub detectors: Vec<(String, FittedDetector)>,
+}
+
+/// Why a model file could not be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PersistError {
+    #[error("not a kanary model file (bad magic bytes)")]
+    NotAModelFile,
+    #[error(
+        "model file format {found} is not supported by this build (it reads format {FORMAT_VERSION}); refit or upgrade kanary"
+    )]
+    UnsupportedVersion { found: u32 },
+    #[error("model file is truncated: expected {expected} bytes of payload, found {found}")]
+    Truncated { expected: u64, found: u64 },
+    #[error(
+        "model file is corrupt: checksum mismatch (stored {stored:08x}, computed {computed:08x})"
+    )]
+    Checksum { stored: u32, computed: u32 },
+    #[error("model file payload cannot be decoded: {0}")]
+    Decode(String),
+    #[error("model file holds an inconsistent model: {0}")]
+    Invalid(String),
+    #[error("model file cannot be encoded: {0}")]
+    Encode(String),
+}
+
+impl ModelFile {
+    /// Serialises to the versioned binary format.
+    pub fn encode(&self) -> Result<Vec<u8>, PersistError> {
+        let payload = postcard::to_stdvec(self).map_err(|e| PersistError::Encode(e.to_string()))?;
+        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        out.extend_from_slice(&crc32(&payload).to_le_bytes());
+        out.extend_from_slice(&payload);
+        Ok(out)
+    }
+
+    /// Parses and checks a file written by [`encode`](Self::encode).
+    pub fn decode(bytes: &[u8]) -> Result<ModelFile, PersistError> {
+        if bytes.len() < 8 || &bytes[..8] != MAGIC {
+            return Err(PersistError::NotAModelFile);
+        }
+        if bytes.len() < HEADER_LEN {
+            return Err(PersistError::Truncated {
+                expected: HEADER_LEN as u64,
+                found: bytes.len() as u64,
+            });
+        }
+        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if version != FORMAT_VERSION {
+            return Err(PersistError::UnsupportedVersion { found: version });
+        }
+        let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+        let stored = u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes"));
+        let payload = &bytes[HEADER_LEN..];
+        if payload.len() as u64 != len {
+            return Err(PersistError::Truncated {
+                expected: len,
+                found: payload.len() as u64,
+            });
+        }
+        let computed = crc32(payload);
+        if computed != stored {
+            return Err(PersistError::Checksum { stored, computed });
+        }
+        let file: ModelFile =
+            postcard::from_bytes(payload).map_err(|e| PersistError::Decode(e.to_string()))?;
+        for (service, d) in &file.detectors {
+            d.validate()
+                .map_err(|e| PersistError::Invalid(format!("service `{service}`: {e}")))?;
+            if d.kind != file.kind {
+                return Err(PersistError::Invalid(format!(
+                    "service `{service}` holds a `{}` model in a `{}` file",
+                    d.kind, file.kind
+                )));
+            }
+        }
+        Ok(file)
+    }
+}
+
+/// CRC-32 (IEEE 802.3, reflected, as zlib's `crc32`).
+pub fn crc32(data: &[u8]) -> u32 {
+    const fn table() -> [u32; 256] {
+        let mut t = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            t[i] = c;
+            i += 1;
+        }
+        t
+    }
+    const TABLE: [u32; 256] = table();
+    let mut crc = !0u32;
+    for &b in data {
+        crc = TABLE[((crc ^ b as u32) & 0xFF) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detector::{DetectorConfig, FittedDetector};
+    use crate::rng::Rng;
+
+    fn sample(kind: ModelKind) -> ModelFile {
+        let mut r = Rng::new(1);
+        let data: Vec<f64> = (0..300).map(|_| r.standard_normal()).collect();
+        let mut cfg = DetectorConfig::new(kind);
+        cfg.autoencoder.epochs = 3;
+        let m = FittedDetector::fit(&cfg, vec!["a".into(), "b".into(), "c".into()], &data, 5.0)
+            .unwrap();
+        ModelFile {
+            kanary_version: "test".into(),
+            kind,
+            created_at: 1.0,
+            offsets: vec![("t".into(), 0, 42)],
+            detectors: vec![("svc".into(), m)],
+        }
+    }
+
+    #[test]
+    fn crc32_known_value() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn round_trips_every_model_kind() {
+        for kind in ModelKind::ALL {
+            let f = sample(kind);
+            let bytes = f.encode().unwrap();
+            assert_eq!(ModelFile::decode(&bytes).unwrap(), f);
+        }
+    }
+
+    #[test]
+    fn each_corruption_has_a_clear_error() {
+        let bytes = sample(ModelKind::ZScore).encode().unwrap();
+        assert_eq!(
+            ModelFile::decode(b"{\"json\": true}").unwrap_err(),
+            PersistError::NotAModelFile
+        );
+        let mut v = bytes.clone();
+        v[8] = 9;
+        assert_eq!(
+            ModelFile::decode(&v).unwrap_err(),
+            PersistError::UnsupportedVersion { found: 9 }
+        );
+        assert!(matches!(
+            ModelFile::decode(&bytes[..bytes.len() - 3]).unwrap_err(),
+            PersistError::Truncated { .. }
+        ));
+        let mut v = bytes.clone();
+        let last = v.len() - 1;
+        v[last] ^= 0x40;
+        assert!(matches!(
+            ModelFile::decode(&v).unwrap_err(),
+            PersistError::Checksum { .. }
+        ));
+    }
+}
