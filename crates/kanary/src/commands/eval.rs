@@ -1,0 +1,326 @@
+//! `kanary eval`: replay a JSONL file through exactly the engine `kanary detect` runs, and
+//! report precision/recall/F1/PR-AUC per model.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use kanary_core::detector::ModelKind;
+use kanary_core::engine::{Engine, EngineConfig, Explain, Outcome};
+use kanary_core::eval::{Confusion, average_precision};
+use kanary_core::event::{Event, write_f64, write_json_str};
+use serde::Serialize;
+
+use crate::cli::EvalArgs;
+use crate::input::read_events;
+use crate::{modelio, report};
+
+/// Events handed to the engine per call, as the service's poll batches.
+pub const BATCH: usize = 1024;
+
+/// The summary line of one model.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalSummary {
+    pub model: String,
+    /// Valid events replayed.
+    pub events: u64,
+    /// Events scored (after each service's training events).
+    pub scored: u64,
+    /// Events used for fitting.
+    pub train_events: u64,
+    /// Lines or events that could not be used, by reason.
+    pub invalid: BTreeMap<&'static str, u64>,
+    pub tp: u64,
+    pub fp: u64,
+    #[serde(rename = "fn")]
+    pub fn_: u64,
+    pub tn: u64,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub f1: Option<f64>,
+    pub pr_auc: Option<f64>,
+    /// Engine throughput over the whole replay, fitting included.
+    pub events_per_sec: f64,
+    /// Seconds spent fitting models.
+    pub fit_seconds: f64,
+    /// Threshold per service.
+    pub thresholds: BTreeMap<String, f64>,
+}
+
+/// Per-event results of one model, for reports.
+pub struct ModelRun {
+    pub summary: EvalSummary,
+    /// Index into the input events, score, threshold, flagged; for scored events only.
+    pub scored: Vec<ScoredPoint>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ScoredPoint {
+    pub index: usize,
+    pub score: f64,
+    pub threshold: f64,
+    pub flagged: bool,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let input = read_events(&args.input)?;
+    if input.events.is_empty() {
+        bail!(
+            "{} holds no valid events ({} invalid lines)",
+            args.input.display(),
+            input.invalid.values().sum::<u64>()
+        );
+    }
+    let train = match &args.train_file {
+        Some(p) => Some(read_events(p)?),
+        None => None,
+    };
+    let model_file = match &args.model_file {
+        Some(p) => Some(modelio::load(p, None)?),
+        None => None,
+    };
+    let mut models = args.model.0.clone();
+    if let Some(mf) = &model_file {
+        // A model file holds one kind: evaluate that kind.
+        models = vec![mf.kind];
+    }
+    let mut scores_out = match &args.scores {
+        Some(p) => Some(BufWriter::new(
+            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut runs = Vec::new();
+    for kind in models {
+        let mut cfg = EngineConfig::new(args.opts.detector_config(kind));
+        cfg.train_events = args.train;
+        cfg.features = args.opts.features.clone();
+        if scores_out.is_some() {
+            cfg.explain = Explain::All;
+        }
+        let mut engine = Engine::new(cfg);
+        let fit_start = Instant::now();
+        if let Some(t) = &train {
+            engine
+                .fit_all(&t.events, modelio::now())
+                .map_err(|(svc, e)| {
+                    anyhow::anyhow!("cannot fit `{svc}` on the training file: {e}")
+                })?;
+        }
+        if let Some(mf) = &model_file {
+            for (svc, m) in &mf.detectors {
+                engine.insert_model(svc.clone(), m.clone());
+            }
+        }
+        let prefit = fit_start.elapsed().as_secs_f64();
+        let run = replay(
+            &mut engine,
+            kind,
+            &input.events,
+            &input.invalid,
+            prefit,
+            scores_out.as_mut(),
+        )?;
+        if args.json {
+            println!("{}", serde_json::to_string(&run.summary)?);
+        }
+        runs.push(run);
+    }
+    if let Some(mut w) = scores_out {
+        w.flush().context("cannot write scores")?;
+    }
+    if !args.json {
+        print_table(&runs);
+    }
+    if let Some(path) = &args.report {
+        let title = format!("kanary eval — {}", args.input.display());
+        let html = report::render(&title, &input.events, &runs);
+        std::fs::write(path, html).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote report {}", path.display());
+    }
+    Ok(())
+}
+
+/// Replays `events` through `engine` in batches, tallying decisions against labels.
+pub fn replay(
+    engine: &mut Engine,
+    kind: ModelKind,
+    events: &[Event],
+    parse_invalid: &BTreeMap<&'static str, u64>,
+    prefit_seconds: f64,
+    mut scores_out: Option<&mut BufWriter<File>>,
+) -> Result<ModelRun> {
+    let progress = progress_bar(events.len() as u64, kind.name());
+    let mut confusion = Confusion::default();
+    let mut invalid = parse_invalid.clone();
+    let mut scored = Vec::new();
+    let (mut labelled_scores, mut labels) = (Vec::new(), Vec::new());
+    let mut train_events = 0u64;
+    let mut fit_seconds = prefit_seconds;
+    let mut engine_seconds = 0.0;
+    let mut outcomes = Vec::with_capacity(BATCH);
+    let mut line = String::with_capacity(256);
+    let now = modelio::now();
+    for (b, chunk) in events.chunks(BATCH).enumerate() {
+        outcomes.clear();
+        let t = Instant::now();
+        engine.process_batch(chunk, now, &mut outcomes);
+        let dt = t.elapsed().as_secs_f64();
+        engine_seconds += dt;
+        let mut fitted_here = false;
+        for (k, (ev, o)) in chunk.iter().zip(&outcomes).enumerate() {
+            match o {
+                Outcome::Invalid(e) => *invalid.entry(e.reason()).or_default() += 1,
+                Outcome::Training { fitted, error } => {
+                    train_events += 1;
+                    fitted_here |= *fitted;
+                    if let Some(e) = error {
+                        tracing::warn!("{}: fitting `{}` failed: {e}", kind, ev.service);
+                    }
+                }
+                Outcome::Scored(s) => {
+                    scored.push(ScoredPoint {
+                        index: b * BATCH + k,
+                        score: s.score,
+                        threshold: s.threshold,
+                        flagged: s.flagged,
+                    });
+                    if let Some(l) = ev.label {
+                        confusion.record(s.flagged, l);
+                        labelled_scores.push(s.score);
+                        labels.push(l);
+                    }
+                    if let Some(w) = scores_out.as_deref_mut() {
+                        line.clear();
+                        score_line(&mut line, ev, kind, s);
+                        w.write_all(line.as_bytes())
+                            .context("cannot write scores")?;
+                    }
+                }
+            }
+        }
+        if fitted_here {
+            // Fitting happened inside this batch: count the batch's time as fitting time.
+            fit_seconds += dt;
+        }
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish_and_clear();
+    let thresholds = engine
+        .models()
+        .map(|(s, m)| (s.to_string(), m.threshold))
+        .collect();
+    let summary = EvalSummary {
+        model: kind.name().to_string(),
+        events: events.len() as u64,
+        scored: scored.len() as u64,
+        train_events,
+        invalid,
+        tp: confusion.tp,
+        fp: confusion.fp,
+        fn_: confusion.fn_,
+        tn: confusion.tn,
+        precision: confusion.precision(),
+        recall: confusion.recall(),
+        f1: confusion.f1(),
+        pr_auc: average_precision(&labelled_scores, &labels),
+        events_per_sec: events.len() as f64 / engine_seconds.max(1e-9),
+        fit_seconds,
+        thresholds,
+    };
+    Ok(ModelRun { summary, scored })
+}
+
+/// `{"ts","service","model","score","threshold","flagged","label","contributions"}` + newline.
+fn score_line(out: &mut String, ev: &Event, kind: ModelKind, s: &kanary_core::Scored) {
+    out.push_str("{\"ts\":");
+    write_f64(out, ev.ts);
+    out.push_str(",\"service\":");
+    write_json_str(out, &ev.service);
+    out.push_str(",\"model\":\"");
+    out.push_str(kind.name());
+    out.push_str("\",\"score\":");
+    write_f64(out, s.score);
+    out.push_str(",\"threshold\":");
+    write_f64(out, s.threshold);
+    out.push_str(if s.flagged {
+        ",\"flagged\":true"
+    } else {
+        ",\"flagged\":false"
+    });
+    out.push_str(match ev.label {
+        Some(true) => ",\"label\":1",
+        Some(false) => ",\"label\":0",
+        None => ",\"label\":null",
+    });
+    if let Some(a) = ev.meta("anomaly") {
+        out.push_str(",\"anomaly\":");
+        write_json_str(out, a);
+    }
+    out.push_str(",\"contributions\":{");
+    for (i, (f, c)) in s.features.iter().zip(&s.contributions).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_json_str(out, f);
+        out.push(':');
+        write_f64(out, *c);
+    }
+    out.push_str("}}\n");
+}
+
+fn progress_bar(len: u64, label: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>6} {bar:40} {pos}/{len} events {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb.set_prefix(label.to_string());
+    // Only worth drawing for long runs; indicatif hides it when stderr is not a terminal.
+    if len < 200_000 {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    pb
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into())
+}
+
+fn print_table(runs: &[ModelRun]) {
+    println!(
+        "{:<7} {:>9} {:>9} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>12}",
+        "model",
+        "events",
+        "scored",
+        "tp",
+        "fp",
+        "fn",
+        "precision",
+        "recall",
+        "f1",
+        "pr_auc",
+        "events/s"
+    );
+    for r in runs {
+        let s = &r.summary;
+        println!(
+            "{:<7} {:>9} {:>9} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>12.0}",
+            s.model,
+            s.events,
+            s.scored,
+            s.tp,
+            s.fp,
+            s.fn_,
+            fmt_opt(s.precision),
+            fmt_opt(s.recall),
+            fmt_opt(s.f1),
+            fmt_opt(s.pr_auc),
+            s.events_per_sec
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! The optional TOML configuration file of `kanary detect` (`--config FILE`).
+//!
+//! Precedence: command-line flag, then its `KANARY_*` environment variable, then the file,
+//! then the built-in default. Example:
+//!
+//! ```toml
+//! brokers = "kafka-1:9092,kafka-2:9092"
+//! model = "if,ae"
+//! topic = "service-metrics"
+//! group = "kanary-prod"
+//! metrics_addr = "0.0.0.0:9898"
+//! anomalies_topic = "anomalies"
+//! dlq_topic = "service-metrics-dlq"
+//! state_dir = "/var/lib/kanary"
+//! train = 1000
+//!
+//! [kafka]            # any librdkafka property, passed through
+//! "security.protocol" = "SASL_SSL"
+//! "sasl.mechanism" = "SCRAM-SHA-512"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub brokers: Option<String>,
+    pub model: Option<String>,
+    pub topic: Option<String>,
+    pub group: Option<String>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub anomalies_topic: Option<String>,
+    pub dlq_topic: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub model_file: Option<PathBuf>,
+    pub train: Option<usize>,
+    pub batch_size: Option<usize>,
+    /// librdkafka properties.
+    #[serde(default)]
+    pub kafka: BTreeMap<String, toml::Value>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// The `[kafka]` table as `key=value` strings.
+    pub fn kafka_opts(&self) -> Vec<String> {
+        self.kafka
+            .iter()
+            .map(|(k, v)| match v {
+                toml::Value::String(s) => format!("{k}={s}"),
+                other => format!("{k}={other}"),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_key_and_passes_kafka_properties() {
+        let c = FileConfig::parse(
+            r#"
+            brokers = "a:9092"
+            model = "if,ae"
+            metrics_addr = "0.0.0.0:9999"
+            train = 500
+            [kafka]
+            "security.protocol" = "SASL_SSL"
+            "session.timeout.ms" = 6000
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.brokers.as_deref(), Some("a:9092"));
+        assert_eq!(c.train, Some(500));
+        assert_eq!(
+            c.kafka_opts(),
+            vec!["security.protocol=SASL_SSL", "session.timeout.ms=6000"]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = FileConfig::parse("brokerz = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+}

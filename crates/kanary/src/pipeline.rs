@@ -1,0 +1,612 @@
+//! The online path shared by `kanary detect` (Kafka) and `kanary demo` (in-process bus):
+//! parse a batch of messages once, run it through every configured model's engine (the same
+//! engine `kanary eval` replays files through), update metrics and the live page, and return
+//! the records to publish (anomalies, dead letters). The caller delivers them and only then
+//! marks the batch's offsets as processed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kanary_core::detector::{FittedDetector, ModelKind};
+use kanary_core::engine::{Engine, EngineConfig, Outcome};
+use kanary_core::eval::Confusion;
+use kanary_core::event::{Event, write_f64, write_json_str};
+use kanary_core::persist::ModelFile;
+use prometheus_client::metrics::counter::Counter;
+
+use crate::live::{AnomalyView, Live, ModelState, ScorePoint};
+use crate::telemetry::{Metrics, ModelHandles, ModelInfo, ModelReason, ModelService};
+
+/// One consumed message.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    pub payload: &'a [u8],
+    pub key: Option<&'a [u8]>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A record for the anomalies topic.
+#[derive(Debug, Clone)]
+pub struct AnomalyRecord {
+    pub service: String,
+    pub json: String,
+}
+
+/// An input that could not be used, to forward to the dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Index of the message in the batch.
+    pub index: usize,
+    pub reason: &'static str,
+    pub error: String,
+    /// The model whose features the event lacked (None: unusable for every model).
+    pub model: Option<&'static str>,
+}
+
+/// What a batch produced.
+#[derive(Debug, Default)]
+pub struct BatchOutput {
+    pub anomalies: Vec<AnomalyRecord>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// Models (by index) that fitted a service's model during the batch.
+    pub fitted: Vec<usize>,
+}
+
+impl BatchOutput {
+    pub fn clear(&mut self) {
+        self.anomalies.clear();
+        self.dead_letters.clear();
+        self.fitted.clear();
+    }
+}
+
+struct Runner {
+    kind: ModelKind,
+    engine: Engine,
+    handles: ModelHandles,
+    confusion: Confusion,
+    /// Per-service counter handles: events, anomalies.
+    services: HashMap<String, (Counter, Counter)>,
+    info: Option<ModelInfo>,
+    outcomes: Vec<Outcome>,
+}
+
+/// Per-model engines plus their telemetry.
+pub struct Pipeline {
+    runners: Vec<Runner>,
+    metrics: Arc<Metrics>,
+    live: Arc<Live>,
+    events: Vec<Event>,
+    index: Vec<usize>,
+    dead: Vec<bool>,
+}
+
+impl Pipeline {
+    pub fn new(configs: Vec<EngineConfig>, metrics: Arc<Metrics>, live: Arc<Live>) -> Self {
+        let runners = configs
+            .into_iter()
+            .map(|cfg| {
+                let kind = cfg.detector.kind;
+                Runner {
+                    kind,
+                    handles: ModelHandles::new(&metrics, kind.name()),
+                    engine: Engine::new(cfg),
+                    confusion: Confusion::default(),
+                    services: HashMap::new(),
+                    info: None,
+                    outcomes: Vec::new(),
+                }
+            })
+            .collect();
+        Pipeline {
+            runners,
+            metrics,
+            live,
+            events: Vec::new(),
+            index: Vec::new(),
+            dead: Vec::new(),
+        }
+    }
+
+    pub fn kinds(&self) -> Vec<ModelKind> {
+        self.runners.iter().map(|r| r.kind).collect()
+    }
+
+    /// Installs the models of a model file for the runner of its kind. Returns the number of
+    /// services loaded, or `None` when no configured model has that kind.
+    pub fn load(&mut self, file: &ModelFile) -> Option<usize> {
+        let i = self.runners.iter().position(|r| r.kind == file.kind)?;
+        for (service, m) in &file.detectors {
+            self.runners[i]
+                .engine
+                .insert_model(service.clone(), m.clone());
+        }
+        self.after_fit(i);
+        Some(file.detectors.len())
+    }
+
+    /// A model file holding model `i`'s fitted services.
+    pub fn model_file(&self, i: usize, now: f64) -> ModelFile {
+        let r = &self.runners[i];
+        let mut detectors: Vec<(String, FittedDetector)> = r
+            .engine
+            .models()
+            .map(|(s, m)| (s.to_string(), (**m).clone()))
+            .collect();
+        detectors.sort_by(|a, b| a.0.cmp(&b.0));
+        ModelFile {
+            kanary_version: env!("CARGO_PKG_VERSION").to_string(),
+            kind: r.kind,
+            created_at: now,
+            offsets: Vec::new(),
+            detectors,
+        }
+    }
+
+    /// Every model has at least one fitted service.
+    pub fn has_models(&self) -> bool {
+        self.runners
+            .iter()
+            .all(|r| r.engine.models().next().is_some())
+    }
+
+    /// Metric handles per model (for the once-a-second ticker).
+    pub fn handles(&self) -> Vec<ModelHandles> {
+        self.runners
+            .iter()
+            .map(|r| ModelHandles::new(&self.metrics, r.kind.name()))
+            .collect()
+    }
+
+    /// Threshold gauges, model info and live state after model `i` gained fitted services.
+    fn after_fit(&mut self, i: usize) {
+        let r = &mut self.runners[i];
+        let model = r.kind.name();
+        let mut latest = f64::NEG_INFINITY;
+        let mut last_threshold = None;
+        for (service, m) in r.engine.models() {
+            self.metrics
+                .threshold
+                .get_or_create_owned(&ModelService {
+                    model: model.to_string(),
+                    service: service.to_string(),
+                })
+                .set(m.threshold);
+            latest = latest.max(m.trained_at);
+            last_threshold = Some(m.threshold);
+        }
+        if latest.is_finite() {
+            let info = ModelInfo {
+                model: model.to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                trained_at: rfc3339(latest),
+            };
+            if r.info.as_ref() != Some(&info) {
+                if let Some(old) = r.info.take() {
+                    self.metrics.model_info.remove(&old);
+                }
+                self.metrics.model_info.get_or_create_owned(&info).set(1);
+                r.info = Some(info);
+            }
+        }
+        self.live.update(i, |s| {
+            s.state = ModelState::Scoring;
+            if s.threshold.is_none() {
+                s.threshold = last_threshold;
+            }
+        });
+    }
+
+    /// Processes one batch, filling `out`.
+    pub fn process(&mut self, msgs: &[Message<'_>], now: f64, out: &mut BatchOutput) {
+        out.clear();
+        self.events.clear();
+        self.index.clear();
+        self.dead.clear();
+        self.dead.resize(msgs.len(), false);
+        let mut parse_invalid: HashMap<&'static str, u64> = HashMap::new();
+        for (i, m) in msgs.iter().enumerate() {
+            match Event::parse(m.payload) {
+                Ok(ev) => {
+                    self.events.push(ev);
+                    self.index.push(i);
+                }
+                Err(e) => {
+                    *parse_invalid.entry(e.reason()).or_default() += 1;
+                    self.dead[i] = true;
+                    out.dead_letters.push(DeadLetter {
+                        index: i,
+                        reason: e.reason(),
+                        error: e.to_string(),
+                        model: None,
+                    });
+                }
+            }
+        }
+        for ri in 0..self.runners.len() {
+            let fitted = self.run_model(ri, msgs, now, &parse_invalid, out);
+            if fitted {
+                out.fitted.push(ri);
+                self.after_fit(ri);
+            }
+        }
+    }
+
+    /// Runs model `ri` over the parsed events of the batch. Returns whether a service's model
+    /// was fitted.
+    fn run_model(
+        &mut self,
+        ri: usize,
+        msgs: &[Message<'_>],
+        now: f64,
+        parse_invalid: &HashMap<&'static str, u64>,
+        out: &mut BatchOutput,
+    ) -> bool {
+        let metrics = &self.metrics;
+        let r = &mut self.runners[ri];
+        let model = r.kind.name();
+        let mut invalid = parse_invalid.clone();
+        r.outcomes.clear();
+        r.engine.process_batch(&self.events, now, &mut r.outcomes);
+        let (mut valid, mut scored, mut flagged_n) = (0u64, 0u64, 0u64);
+        let mut fitted = false;
+        let mut training = false;
+        let mut last_latency = None;
+        let mut last_error: HashMap<&str, f64> = HashMap::new();
+        let mut recent = Vec::new();
+        let mut anomalies = Vec::new();
+        for (k, o) in r.outcomes.iter().enumerate() {
+            let ev = &self.events[k];
+            let mi = self.index[k];
+            if let Outcome::Invalid(e) = o {
+                *invalid.entry(e.reason()).or_default() += 1;
+                if !self.dead[mi] {
+                    self.dead[mi] = true;
+                    out.dead_letters.push(DeadLetter {
+                        index: mi,
+                        reason: e.reason(),
+                        error: e.to_string(),
+                        model: Some(model),
+                    });
+                }
+                continue;
+            }
+            valid += 1;
+            let svc = match r.services.get(ev.service.as_str()) {
+                Some(h) => h,
+                None => {
+                    let l = ModelService {
+                        model: model.to_string(),
+                        service: ev.service.clone(),
+                    };
+                    let h = (
+                        metrics.events.get_or_create_owned(&l),
+                        metrics.anomalies.get_or_create_owned(&l),
+                    );
+                    r.services.entry(ev.service.clone()).or_insert(h)
+                }
+            };
+            svc.0.inc();
+            match o {
+                Outcome::Invalid(_) => unreachable!("handled above"),
+                Outcome::Training { fitted: f, error } => {
+                    training = true;
+                    fitted |= *f;
+                    if let Some(e) = error {
+                        tracing::warn!(model, service = %ev.service, "fitting failed: {e}");
+                    }
+                }
+                Outcome::Scored(s) => {
+                    scored += 1;
+                    let latency = (now - ev.ts).max(0.0);
+                    last_latency = Some(latency);
+                    r.handles.event_latency.observe(latency);
+                    r.handles.score.observe(s.score);
+                    if r.kind == ModelKind::Autoencoder {
+                        last_error.insert(ev.service.as_str(), s.score);
+                    }
+                    if let Some(l) = ev.label {
+                        r.confusion.record(s.flagged, l);
+                    }
+                    recent.push(ScorePoint {
+                        ts: ev.ts,
+                        score: s.score,
+                        threshold: s.threshold,
+                        flagged: s.flagged,
+                        label: ev.label.map(u8::from),
+                    });
+                    if s.flagged {
+                        flagged_n += 1;
+                        svc.1.inc();
+                        let m = &msgs[mi];
+                        out.anomalies.push(AnomalyRecord {
+                            service: ev.service.clone(),
+                            json: anomaly_json(ev, model, s, now, m.partition, m.offset),
+                        });
+                        anomalies.push(AnomalyView {
+                            ts: ev.ts,
+                            service: ev.service.clone(),
+                            score: s.score,
+                            threshold: s.threshold,
+                            label: ev.label.map(u8::from),
+                            contributions: s
+                                .features
+                                .iter()
+                                .zip(&s.contributions)
+                                .map(|(f, c)| (f.clone(), serde_json::json!(c)))
+                                .collect(),
+                        });
+                    }
+                }
+            }
+        }
+        for (reason, n) in &invalid {
+            metrics
+                .invalid
+                .get_or_create_owned(&ModelReason {
+                    model: model.to_string(),
+                    reason: reason.to_string(),
+                })
+                .inc_by(*n);
+        }
+        for (service, e) in &last_error {
+            metrics
+                .reconstruction_error
+                .get_or_create_owned(&ModelService {
+                    model: model.to_string(),
+                    service: service.to_string(),
+                })
+                .set(*e);
+        }
+        if let Some(l) = last_latency {
+            r.handles.latency.set(l);
+        }
+        let c = r.confusion;
+        // Counters move by the batch's differences from what was recorded so far.
+        let record = |counter: &Counter, total: u64| {
+            let have = counter.get();
+            if total > have {
+                counter.inc_by(total - have);
+            }
+        };
+        record(&r.handles.tp, c.tp);
+        record(&r.handles.fp, c.fp);
+        record(&r.handles.fn_, c.fn_);
+        record(&r.handles.tn, c.tn);
+        if let Some(p) = c.precision() {
+            r.handles.precision.set(p);
+        }
+        if let Some(v) = c.recall() {
+            r.handles.recall.set(v);
+        }
+        if let Some(f) = c.f1() {
+            r.handles.f1.set(f);
+        }
+        let n_invalid: u64 = invalid.values().sum();
+        self.live.update(ri, |s| {
+            s.events += valid;
+            s.scored += scored;
+            s.anomalies += flagged_n;
+            s.invalid += n_invalid;
+            if let Some(l) = last_latency {
+                s.latency_seconds = Some(l);
+            }
+            if training && s.state == ModelState::Waiting {
+                s.state = ModelState::WarmingUp;
+            }
+            if let Some(p) = recent.last() {
+                s.threshold = Some(p.threshold);
+            }
+            s.set_confusion(&c);
+            let skip = recent.len().saturating_sub(crate::live::RECENT_SCORES);
+            for p in recent.into_iter().skip(skip) {
+                s.push_score(p);
+            }
+            for a in anomalies {
+                s.push_anomaly(a);
+            }
+        });
+        fitted
+    }
+}
+
+/// The anomaly record of DESIGN.md: `{"ts","detected_at","service","model","score",
+/// "threshold","features","contributions","label","partition","offset"}`.
+pub fn anomaly_json(
+    ev: &Event,
+    model: &str,
+    s: &kanary_core::Scored,
+    now: f64,
+    partition: i32,
+    offset: i64,
+) -> String {
+    let mut o = String::with_capacity(256);
+    o.push_str("{\"ts\":");
+    write_f64(&mut o, ev.ts);
+    o.push_str(",\"detected_at\":");
+    write_f64(&mut o, (now * 1e6).round() / 1e6);
+    o.push_str(",\"service\":");
+    write_json_str(&mut o, &ev.service);
+    o.push_str(",\"model\":");
+    write_json_str(&mut o, model);
+    o.push_str(",\"score\":");
+    write_f64(&mut o, s.score);
+    o.push_str(",\"threshold\":");
+    write_f64(&mut o, s.threshold);
+    o.push_str(",\"features\":{");
+    for (i, (f, v)) in s.features.iter().zip(&s.values).enumerate() {
+        if i > 0 {
+            o.push(',');
+        }
+        write_json_str(&mut o, f);
+        o.push(':');
+        write_f64(&mut o, *v);
+    }
+    o.push_str("},\"contributions\":{");
+    for (i, (f, c)) in s.features.iter().zip(&s.contributions).enumerate() {
+        if i > 0 {
+            o.push(',');
+        }
+        write_json_str(&mut o, f);
+        o.push(':');
+        write_f64(&mut o, *c);
+    }
+    o.push_str("},\"label\":");
+    o.push_str(match ev.label {
+        Some(true) => "1",
+        Some(false) => "0",
+        None => "null",
+    });
+    o.push_str(",\"partition\":");
+    o.push_str(&partition.to_string());
+    o.push_str(",\"offset\":");
+    o.push_str(&offset.to_string());
+    o.push('}');
+    o
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch.
+pub fn rfc3339(ts: f64) -> String {
+    let secs = ts.floor() as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kanary_core::detector::DetectorConfig;
+    use kanary_core::simulate::{DEFAULT_START_TS, Scenario, Simulator};
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_732_492_800.5), "2024-11-25T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400.0), "2000-02-29T00:00:00Z");
+    }
+
+    fn pipeline(models: &[ModelKind], train: usize) -> (Pipeline, Arc<Metrics>) {
+        let names: Vec<&str> = models.iter().map(|m| m.name()).collect();
+        let metrics = Metrics::new(&names);
+        let live = Arc::new(Live::new("test", &names));
+        let cfgs = models
+            .iter()
+            .map(|&k| {
+                let mut c = EngineConfig::new(DetectorConfig::new(k));
+                c.train_events = train;
+                c
+            })
+            .collect();
+        (Pipeline::new(cfgs, metrics.clone(), live), metrics)
+    }
+
+    #[test]
+    fn bad_input_is_counted_and_dead_lettered_once() {
+        let (mut p, metrics) = pipeline(&[ModelKind::ZScore, ModelKind::IForest], 50);
+        let mut payloads: Vec<String> = Simulator::new(Scenario::Seed, 1, DEFAULT_START_TS)
+            .take(100)
+            .map(|e| e.to_json())
+            .collect();
+        payloads.push("garbage".into());
+        payloads.push(r#"{"ts": 1, "latency": 1, "cpu": 2}"#.into()); // missing memory
+        let msgs: Vec<Message> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Message {
+                payload: s.as_bytes(),
+                key: None,
+                partition: 0,
+                offset: i as i64,
+            })
+            .collect();
+        let mut out = BatchOutput::default();
+        p.process(&msgs, 2e9, &mut out);
+        assert_eq!(out.dead_letters.len(), 2);
+        assert_eq!(out.dead_letters[0].reason, "not_json");
+        assert_eq!(out.dead_letters[1].reason, "missing_feature");
+        assert_eq!(out.fitted, vec![0, 1]);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "detector_invalid_events_total{model=\"if\",reason=\"missing_feature\"} 1"
+            )
+        );
+        assert!(
+            text.contains("detector_invalid_events_total{model=\"zscore\",reason=\"not_json\"} 1")
+        );
+        assert!(text.contains("detector_events_total{model=\"if\",service=\"default\"} 100"));
+        assert!(p.has_models());
+    }
+
+    #[test]
+    fn anomaly_records_follow_the_schema() {
+        let (mut p, _) = pipeline(&[ModelKind::ZScore], 100);
+        let mut events: Vec<Event> = Simulator::new(Scenario::Seed, 2, DEFAULT_START_TS)
+            .take(100)
+            .collect();
+        let mut odd = Event::new(DEFAULT_START_TS + 20.0, "default")
+            .with_field("latency", 100.0)
+            .with_field("cpu", 99.0)
+            .with_field("memory", 500.0);
+        odd.label = Some(true);
+        events.push(odd);
+        let payloads: Vec<String> = events.iter().map(|e| e.to_json()).collect();
+        let msgs: Vec<Message> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Message {
+                payload: s.as_bytes(),
+                key: None,
+                partition: 2,
+                offset: 1000 + i as i64,
+            })
+            .collect();
+        let mut out = BatchOutput::default();
+        p.process(&msgs, DEFAULT_START_TS + 21.0, &mut out);
+        assert_eq!(out.anomalies.len(), 1);
+        let v: serde_json::Value = serde_json::from_str(&out.anomalies[0].json).unwrap();
+        for key in [
+            "ts",
+            "detected_at",
+            "service",
+            "model",
+            "score",
+            "threshold",
+            "features",
+            "contributions",
+            "label",
+            "partition",
+            "offset",
+        ] {
+            assert!(v.get(key).is_some(), "{key} missing in {v}");
+        }
+        assert_eq!(v["model"], "zscore");
+        assert_eq!(v["partition"], 2);
+        assert_eq!(v["offset"], 1100);
+        assert_eq!(v["features"]["cpu"], 99.0);
+        assert_eq!(v["label"], 1);
+        let c = v["contributions"].as_object().unwrap();
+        let top = c
+            .iter()
+            .max_by(|a, b| a.1.as_f64().unwrap().total_cmp(&b.1.as_f64().unwrap()))
+            .unwrap();
+        assert_eq!(top.0, "cpu");
+    }
+}
