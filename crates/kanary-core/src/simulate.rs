@@ -36,7 +36,7 @@ impl Scenario {
     pub fn default_interval(self) -> f64 {
         match self {
             Scenario::Seed => 0.1,
-            Scenario::Microservices => 60.0,
+            Scenario::Microservices => 90.0,
         }
     }
 }
@@ -200,11 +200,11 @@ impl Incident {
     /// Duration range in seconds.
     fn duration(self) -> (f64, f64) {
         match self {
-            Incident::LatencySpike => (120.0, 360.0),
+            Incident::LatencySpike => (180.0, 540.0),
             Incident::CpuSaturation => (300.0, 900.0),
-            Incident::MemoryLeak => (1200.0, 3600.0),
-            Incident::ErrorBurst => (180.0, 600.0),
-            Incident::CpuRpsMismatch => (600.0, 1800.0),
+            Incident::MemoryLeak => (1800.0, 5400.0),
+            Incident::ErrorBurst => (180.0, 720.0),
+            Incident::CpuRpsMismatch => (900.0, 2700.0),
         }
     }
 }
@@ -327,9 +327,10 @@ impl Micro {
         let s = &mut self.services[i];
         let ts = tick_ts + 0.01 * i as f64;
         if s.next_incident.is_nan() {
-            // The first incidents come after a quiet first day, so that models fitted on a
-            // stream's beginning see mostly normal behaviour.
-            s.next_incident = start + 86_400.0 + rng.exponential(MEAN_INCIDENT_GAP);
+            // The first incidents come after a quiet first day and a bit (1000 events per
+            // service at the default 90 s interval), so that models fitted on a stream's
+            // beginning see a whole daily cycle of normal behaviour.
+            s.next_incident = start + 26.0 * 3600.0 + rng.exponential(MEAN_INCIDENT_GAP);
         }
         let load = Self::load(ts);
 

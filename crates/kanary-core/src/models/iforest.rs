@@ -26,7 +26,7 @@ pub const MAX_SAMPLES_LIMIT: usize = 4096;
 /// Deepest padded tree accepted.
 pub const MAX_DEPTH: u32 = 14;
 /// Rows walked through a tree together in batch scoring.
-const BLOCK: usize = 32;
+const BLOCK: usize = 128;
 /// A feature is constant in a node when its range is at most this (as scikit-learn).
 const FEATURE_THRESHOLD: f64 = 1e-7;
 
@@ -340,8 +340,15 @@ impl IsolationForest {
             for (dst, &src) in xf.iter_mut().zip(rows) {
                 *dst = src as f32;
             }
+            // A short last block is padded (with the values of its last row) when walking the
+            // whole block still beats walking its rows one at a time.
+            if b < BLOCK {
+                for j in b..BLOCK {
+                    xf.copy_within((b - 1) * d..b * d, j * d);
+                }
+            }
             let mut acc = [0f32; BLOCK];
-            if b == BLOCK {
+            if b >= BLOCK / 4 {
                 for (nodes, leaves) in self
                     .nodes
                     .chunks_exact(ni)
@@ -506,6 +513,8 @@ fn block_paths<const RANGE: bool>(
 #[cfg(target_arch = "x86_64")]
 mod sse {
     use super::{BLOCK, MAX_STAY_DIVISOR, Node};
+
+    const NODE_BYTES: usize = std::mem::size_of::<Node>();
     use std::arch::x86_64::*;
 
     const GROUPS: usize = BLOCK / 4;
@@ -523,27 +532,37 @@ mod sse {
         acc: &mut [f32; BLOCK],
     ) {
         let ni = nodes.len();
-        let np = nodes.as_ptr();
+        let np = nodes.as_ptr() as *const u8;
         let xp = xf.as_ptr();
-        let mut idx = [0usize; BLOCK];
-        // SAFETY (whole body): indices stay within the tree as in `super::block_paths`; x reads
+        // SAFETY (whole body): offsets stay within the tree as in `super::block_paths`; x reads
         // are at `j * d + feature` with `j < BLOCK`, `feature < d`.
         unsafe {
             let one = _mm_set1_ps(1.0);
             let half = _mm_set1_ps(0.5);
             let cap = _mm_set1_ps(MAX_STAY_DIVISOR);
             let abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7fff_ffff));
+            let node_size = _mm_set1_epi32(NODE_BYTES as i32);
+            // Byte offsets of each lane's current node, four lanes per vector.
+            let mut off = [_mm_setzero_si128(); GROUPS];
             let mut num = [_mm_setzero_ps(); GROUPS];
             let mut den = [one; GROUPS];
             for _ in 0..depth {
                 for g in 0..GROUPS {
                     let j = 4 * g;
-                    let (p0, p1, p2, p3) = (
-                        np.add(idx[j]),
-                        np.add(idx[j + 1]),
-                        np.add(idx[j + 2]),
-                        np.add(idx[j + 3]),
-                    );
+                    let o = off[g];
+                    let lane = |k: i32| -> usize {
+                        let v = match k {
+                            0 => o,
+                            1 => _mm_shuffle_epi32::<0b01>(o),
+                            2 => _mm_shuffle_epi32::<0b10>(o),
+                            _ => _mm_shuffle_epi32::<0b11>(o),
+                        };
+                        _mm_cvtsi128_si32(v) as usize
+                    };
+                    let p0 = np.add(lane(0)) as *const Node;
+                    let p1 = np.add(lane(1)) as *const Node;
+                    let p2 = np.add(lane(2)) as *const Node;
+                    let p3 = np.add(lane(3)) as *const Node;
                     let v = _mm_setr_ps(
                         *xp.add(j * d + (*p0).feature as usize),
                         *xp.add((j + 1) * d + (*p1).feature as usize),
@@ -568,23 +587,22 @@ mod sse {
                         num[g] = _mm_mul_ps(_mm_add_ps(num[g], one), f);
                         den[g] = _mm_mul_ps(den[g], f);
                     }
-                    let right = _mm_movemask_ps(_mm_cmpgt_ps(v, thr)) as usize;
-                    idx[j] = 2 * idx[j] + 1 + (right & 1);
-                    idx[j + 1] = 2 * idx[j + 1] + 1 + ((right >> 1) & 1);
-                    idx[j + 2] = 2 * idx[j + 2] + 1 + ((right >> 2) & 1);
-                    idx[j + 3] = 2 * idx[j + 3] + 1 + ((right >> 3) & 1);
+                    // Child offset: 2·off + size (left) or 2·off + 2·size (right, mask = −1).
+                    let right = _mm_castps_si128(_mm_cmpgt_ps(v, thr));
+                    off[g] = _mm_add_epi32(
+                        _mm_add_epi32(o, o),
+                        _mm_add_epi32(node_size, _mm_and_si128(right, node_size)),
+                    );
                 }
             }
             let lp = leaves.as_ptr();
             let dep = _mm_set1_ps(depth as f32);
             for g in 0..GROUPS {
                 let j = 4 * g;
-                let leaf = _mm_setr_ps(
-                    *lp.add(idx[j] - ni),
-                    *lp.add(idx[j + 1] - ni),
-                    *lp.add(idx[j + 2] - ni),
-                    *lp.add(idx[j + 3] - ni),
-                );
+                let mut o = [0i32; 4];
+                _mm_storeu_si128(o.as_mut_ptr() as *mut __m128i, off[g]);
+                let leaf = |k: usize| *lp.add(o[k] as usize / NODE_BYTES - ni);
+                let leaf = _mm_setr_ps(leaf(0), leaf(1), leaf(2), leaf(3));
                 let path = if RANGE {
                     _mm_div_ps(_mm_add_ps(num[g], _mm_sub_ps(leaf, dep)), den[g])
                 } else {
@@ -723,13 +741,23 @@ mod tests {
     #[test]
     fn batch_scores_equal_single_scores() {
         let data = gaussian(700, 4, 3);
-        let f = IsolationForest::fit(&data, 4, &IForestParams::default(), 1).unwrap();
-        let xs = gaussian(37, 4, 4); // not a multiple of the block size
-        let mut out = vec![0.0; 37];
-        f.score_batch(&xs, &mut out);
-        for (i, &s) in out.iter().enumerate() {
-            let single = f.score(&xs[i * 4..(i + 1) * 4]);
-            assert!((s - single).abs() < 1e-6, "row {i}: {s} vs {single}");
+        for range_aware in [true, false] {
+            let p = IForestParams {
+                range_aware,
+                ..IForestParams::default()
+            };
+            let f = IsolationForest::fit(&data, 4, &p, 1).unwrap();
+            // Below a quarter block (scalar path), a padded short block, several full blocks.
+            for n in [5, 37, 300] {
+                let mut xs = gaussian(n, 4, 4);
+                xs[0] = 25.0; // far outside the training range
+                let mut out = vec![0.0; n];
+                f.score_batch(&xs, &mut out);
+                for (i, &s) in out.iter().enumerate() {
+                    let single = f.score(&xs[i * 4..(i + 1) * 4]);
+                    assert!((s - single).abs() < 1e-6, "n {n} row {i}: {s} vs {single}");
+                }
+            }
         }
     }
 

@@ -1,0 +1,589 @@
+//! End-to-end tests of `kanary detect` against the real Apache Kafka broker (and Prometheus)
+//! that `scripts/test.sh` starts. They are `#[ignore]`d so that a plain `cargo test` without a
+//! broker does not hang on them; `scripts/test.sh` runs them with `--include-ignored`, and
+//! without a broker they fail, never skip.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const NEEDS_KAFKA: &str = "needs Kafka: run scripts/test.sh";
+
+fn eval_counts(file: &str, models: &str) -> HashMap<String, serde_json::Value> {
+    let out = kanary(&["eval", "--input", file, "--model", models, "--json"]);
+    out.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["model"].as_str().unwrap().to_string(), v)
+        })
+        .collect()
+}
+
+fn all_committed(group: &str, topic: &str) -> bool {
+    let end = end_offsets(topic);
+    let got = committed(group, topic);
+    end.iter()
+        .all(|(p, hi)| *hi == 0 || got.get(p).copied() == Some(*hi))
+}
+
+/// The metric families of DESIGN.md, as Prometheus exposes them (histograms by their
+/// `_count` series).
+const DESIGN_METRICS: &[&str] = &[
+    "detector_latency_seconds",
+    "detector_throughput_mps",
+    "detector_anomalies_total",
+    "detector_true_positives_total",
+    "detector_false_positives_total",
+    "detector_reconstruction_error",
+    "detector_false_negatives_total",
+    "detector_true_negatives_total",
+    "detector_events_total",
+    "detector_invalid_events_total",
+    "detector_event_latency_seconds_count",
+    "detector_score_count",
+    "detector_threshold",
+    "detector_precision",
+    "detector_recall",
+    "detector_f1",
+    "detector_consumer_lag",
+    "detector_model_info",
+];
+
+fn prom_query(port: u16, expr: &str) -> serde_json::Value {
+    let out = Command::new("curl")
+        .args([
+            "-sfG",
+            &format!("http://127.0.0.1:{port}/api/v1/query"),
+            "--data-urlencode",
+            &format!("query={expr}"),
+        ])
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "query failed: {expr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "success", "{expr}: {v}");
+    v["data"]["result"].clone()
+}
+
+#[test]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+fn end_to_end_counts_match_eval_and_prometheus_scrapes_both() {
+    let _ = NEEDS_KAFKA;
+    let dir = out_dir("e2e");
+    let topic = unique("e2e");
+    // simulate creates the 3-partition topic and produces keyed, idempotently.
+    kanary(&[
+        "simulate",
+        "--scenario",
+        "seed",
+        "--count",
+        "20000",
+        "--seed",
+        "7",
+        "--brokers",
+        &brokers(),
+        "--topic",
+        &topic,
+        "--partitions",
+        "3",
+    ]);
+    assert_eq!(end_offsets(&topic).len(), 3, "topic has 3 partitions");
+    assert_eq!(count_messages(&topic), 20_000);
+    // The same events (but for their timestamps) in a file, for kanary eval.
+    let file = dir.join("events.jsonl");
+    kanary(&[
+        "simulate",
+        "--scenario",
+        "seed",
+        "--count",
+        "20000",
+        "--seed",
+        "7",
+        "--output",
+        file.to_str().unwrap(),
+    ]);
+    let expected = eval_counts(file.to_str().unwrap(), "if,ae");
+
+    let mut detectors = Vec::new();
+    for model in ["if", "ae"] {
+        let group = unique(&format!("e2e-{model}"));
+        let anomalies = unique(&format!("anomalies-{model}"));
+        let svc = Service::detect(
+            model,
+            &topic,
+            &group,
+            &dir.join(format!("state-{model}")),
+            dir.join(format!("detect-{model}.log")),
+            &[
+                "--anomalies-topic",
+                &anomalies,
+                "--dlq-topic",
+                &unique("dlq"),
+            ],
+        );
+        detectors.push((model, group, anomalies, svc));
+    }
+    for (model, group, anomalies, svc) in &detectors {
+        wait_for(Duration::from_secs(120), "all events consumed", || {
+            (svc.sample("detector_events_total", &[("model", model)])? == 20_000.0).then_some(())
+        });
+        wait_for(Duration::from_secs(60), "offsets committed", || {
+            all_committed(group, &topic).then_some(())
+        });
+        let e = &expected[*model];
+        let m = svc.metrics().unwrap();
+        let get = |name: &str| sum_samples(&m, name, &[("model", model)]);
+        assert_eq!(
+            get("detector_true_positives_total"),
+            e["tp"].as_f64().unwrap(),
+            "{model} tp"
+        );
+        assert_eq!(
+            get("detector_false_positives_total"),
+            e["fp"].as_f64().unwrap(),
+            "{model} fp"
+        );
+        assert_eq!(
+            get("detector_false_negatives_total"),
+            e["fn"].as_f64().unwrap(),
+            "{model} fn"
+        );
+        let flagged = get("detector_anomalies_total");
+        assert_eq!(
+            flagged,
+            e["tp"].as_f64().unwrap() + e["fp"].as_f64().unwrap()
+        );
+        assert_eq!(
+            count_messages(anomalies) as f64,
+            flagged,
+            "{model}: anomalies topic"
+        );
+        // Records follow the schema.
+        let recs = read_all(anomalies, 1);
+        let v: serde_json::Value = serde_json::from_slice(&recs[0].0).unwrap();
+        for key in [
+            "ts",
+            "detected_at",
+            "service",
+            "model",
+            "score",
+            "threshold",
+            "features",
+            "contributions",
+            "label",
+            "partition",
+            "offset",
+        ] {
+            assert!(v.get(key).is_some(), "{key} missing from {v}");
+        }
+        assert_eq!(svc.status("/healthz"), Some(200));
+        assert_eq!(svc.status("/readyz"), Some(200));
+        // promtool finds nothing to complain about in the exposition.
+        let mut p = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool (scripts/test.sh installs prometheus)");
+        use std::io::Write;
+        p.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+        let out = p.wait_with_output().unwrap();
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && report.trim().is_empty(),
+            "promtool check metrics: {report}"
+        );
+    }
+
+    // A real Prometheus scrapes both detectors on loopback.
+    let prom_port = free_port();
+    let cfg = dir.join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: kanary\n    static_configs:\n      - targets: ['127.0.0.1:{}', '127.0.0.1:{}']\n",
+            detectors[0].3.port, detectors[1].3.port
+        ),
+    )
+    .unwrap();
+    let script = repo().join("scripts/prometheus.sh");
+    let st = Command::new(&script)
+        .args(["start", cfg.to_str().unwrap()])
+        .env("PROM_PORT", prom_port.to_string())
+        .env("PROM_DATA", dir.join("prometheus"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "prometheus.sh start failed");
+    let stop = || {
+        let _ = Command::new(&script)
+            .arg("stop")
+            .env("PROM_PORT", prom_port.to_string())
+            .env("PROM_DATA", dir.join("prometheus"))
+            .status();
+    };
+    // Rates need a few scrapes.
+    wait_for(
+        Duration::from_secs(60),
+        "two targets up and scraped",
+        || {
+            let r = prom_query(prom_port, "count_over_time(up[1m]) >= 5");
+            (r.as_array()?.len() == 2).then_some(())
+        },
+    );
+    let mut missing = Vec::new();
+    for name in DESIGN_METRICS {
+        for model in ["if", "ae"] {
+            if *name == "detector_reconstruction_error" && model == "if" {
+                continue; // an autoencoder-only gauge, as in the thesis
+            }
+            let r = prom_query(prom_port, &format!("{name}{{model=\"{model}\"}}"));
+            if r.as_array().is_none_or(|a| a.is_empty()) {
+                missing.push(format!("{name}{{model=\"{model}\"}}"));
+            }
+        }
+    }
+    // Every expression of the Grafana dashboard returns at least one series.
+    let q = Command::new("python3")
+        .args([
+            repo()
+                .join("scripts/dashboard_queries.py")
+                .to_str()
+                .unwrap(),
+            "--model",
+            "if|ae",
+            "--interval",
+            "1m",
+        ])
+        .output()
+        .unwrap();
+    assert!(q.status.success(), "dashboard_queries.py failed");
+    let exprs = String::from_utf8(q.stdout).unwrap();
+    assert!(exprs.lines().count() >= 10, "dashboard has too few queries");
+    for expr in exprs.lines().filter(|l| !l.trim().is_empty()) {
+        let r = prom_query(prom_port, expr);
+        if r.as_array().is_none_or(|a| a.is_empty()) {
+            missing.push(format!("dashboard: {expr}"));
+        }
+    }
+    stop();
+    assert!(missing.is_empty(), "no series for: {missing:#?}");
+}
+
+#[test]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+fn bad_input_is_counted_dead_lettered_and_survived() {
+    let dir = out_dir("bad-input");
+    let topic = unique("bad");
+    create_topic(&topic, 3);
+    let dlq = unique("dlq");
+    let valid: Vec<String> = kanary(&[
+        "simulate",
+        "--scenario",
+        "seed",
+        "--count",
+        "5000",
+        "--seed",
+        "3",
+    ])
+    .lines()
+    .map(String::from)
+    .collect();
+    let big = format!(
+        "{{\"ts\": 1, \"latency\": 1, \"cpu\": 1, \"memory\": 1, \"pad\": \"{}\"}}",
+        "x".repeat(70 * 1024)
+    );
+    let kinds: Vec<(&str, String)> = vec![
+        ("not_json", "this is not json {".into()),
+        ("not_object", "[1, 2, 3]".into()),
+        (
+            "missing_ts",
+            r#"{"latency": 100, "cpu": 30, "memory": 500}"#.into(),
+        ),
+        (
+            "missing_feature",
+            r#"{"ts": 1732550000.1, "latency": 100, "cpu": 30}"#.into(),
+        ),
+        (
+            "non_finite",
+            r#"{"ts": 1732550000.1, "latency": NaN, "cpu": 30, "memory": 500}"#.into(),
+        ),
+        (
+            "wrong_type",
+            r#"{"ts": 1732550000.1, "latency": 100, "cpu": "high", "memory": 500}"#.into(),
+        ),
+        ("too_large", big),
+    ];
+    // 1,000 malformed messages of every kind, interleaved after the first 100 valid events
+    // (which define the service's features).
+    let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut expected: HashMap<&str, u64> = HashMap::new();
+    let mut bad = 0usize;
+    for (i, v) in valid.iter().enumerate() {
+        records.push(("default".into(), v.clone().into_bytes()));
+        if i >= 100 && bad < 1000 && i % 4 == 0 {
+            let (reason, payload) = &kinds[bad % kinds.len()];
+            records.push(("default".into(), payload.clone().into_bytes()));
+            *expected.entry(reason).or_default() += 1;
+            bad += 1;
+        }
+    }
+    while bad < 1000 {
+        let (reason, payload) = &kinds[bad % kinds.len()];
+        records.push(("default".into(), payload.clone().into_bytes()));
+        *expected.entry(reason).or_default() += 1;
+        bad += 1;
+    }
+    produce(&topic, &records);
+    let group = unique("bad");
+    let mut svc = Service::detect(
+        "if",
+        &topic,
+        &group,
+        &dir.join("state"),
+        dir.join("detect.log"),
+        &[
+            "--dlq-topic",
+            &dlq,
+            "--anomalies-topic",
+            &unique("anomalies"),
+        ],
+    );
+    wait_for(Duration::from_secs(120), "every message handled", || {
+        let events = svc.sample("detector_events_total", &[("model", "if")])?;
+        let invalid = svc.sample("detector_invalid_events_total", &[("model", "if")])?;
+        (events + invalid == records.len() as f64).then_some(())
+    });
+    wait_for(Duration::from_secs(60), "offsets committed", || {
+        all_committed(&group, &topic).then_some(())
+    });
+    assert!(
+        svc.alive(),
+        "detector died on bad input:\n{}",
+        svc.log_text()
+    );
+    let m = svc.metrics().unwrap();
+    for (reason, n) in &expected {
+        assert_eq!(
+            sum_samples(
+                &m,
+                "detector_invalid_events_total",
+                &[("model", "if"), ("reason", reason)]
+            ),
+            *n as f64,
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        sum_samples(&m, "detector_events_total", &[("model", "if")]),
+        5000.0
+    );
+    // Every valid event after the 1,000 training events was scored.
+    let scored: f64 = [
+        "true_positives",
+        "false_positives",
+        "false_negatives",
+        "true_negatives",
+    ]
+    .iter()
+    .map(|k| sum_samples(&m, &format!("detector_{k}_total"), &[("model", "if")]))
+    .sum();
+    assert_eq!(scored, 4000.0);
+    // Each bad message is in the dead-letter topic, its reason in a header.
+    let dead = read_all(&dlq, 1000);
+    assert_eq!(dead.len(), 1000);
+    assert_eq!(count_messages(&dlq), 1000);
+    let mut got: HashMap<String, u64> = HashMap::new();
+    for (_, h) in &dead {
+        *got.entry(h.get("kanary-reason").cloned().unwrap_or_default())
+            .or_default() += 1;
+        assert!(
+            h.get("kanary-source")
+                .is_some_and(|s| s.starts_with(&topic))
+        );
+    }
+    for (reason, n) in &expected {
+        assert_eq!(
+            got.get(*reason).copied().unwrap_or(0),
+            *n,
+            "dead letters for {reason}"
+        );
+    }
+    assert!(
+        svc.terminate(Duration::from_secs(30)),
+        "graceful stop failed"
+    );
+}
+
+#[test]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+fn kill9_mid_stream_then_restart_processes_every_event() {
+    let dir = out_dir("crash");
+    let topic = unique("crash");
+    let total = 100_000u64;
+    // A stream arriving over ~5 s while the detector runs.
+    let mut producer = Command::new(BIN)
+        .args([
+            "simulate",
+            "--scenario",
+            "microservices",
+            "--count",
+            &total.to_string(),
+            "--seed",
+            "5",
+            "--rate",
+            "20000",
+            "--brokers",
+            &brokers(),
+            "--topic",
+            &topic,
+            "--partitions",
+            "3",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(30), "topic created", || {
+        (count_messages(&topic) > 0).then_some(())
+    });
+    let group = unique("crash");
+    let state = dir.join("state");
+    let mut first = Service::detect("if", &topic, &group, &state, dir.join("run1.log"), &[]);
+    wait_for(Duration::from_secs(60), "some events processed", || {
+        (first.sample("detector_events_total", &[("model", "if")])? >= 20_000.0).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1500)); // let an auto-commit happen
+    first.kill9();
+    let at_kill: HashMap<i32, i64> = committed(&group, &topic);
+    let committed_at_kill: i64 = at_kill.values().sum();
+    assert!(producer.wait().unwrap().success());
+    assert_eq!(count_messages(&topic), total as i64);
+    assert!(
+        committed_at_kill > 0 && committed_at_kill < total as i64,
+        "the kill must land mid-stream (committed {committed_at_kill} of {total})"
+    );
+
+    let second = Service::detect("if", &topic, &group, &state, dir.join("run2.log"), &[]);
+    wait_for(
+        Duration::from_secs(120),
+        "committed offsets at the end of every partition",
+        || all_committed(&group, &topic).then_some(()),
+    );
+    // The restart resumed exactly at the committed offsets: everything before them was
+    // processed by the first run (offsets are committed only after processing), everything
+    // after by the second.
+    let resumed = second
+        .sample("detector_events_total", &[("model", "if")])
+        .unwrap();
+    assert_eq!(resumed as i64, total as i64 - committed_at_kill);
+    // The fitted models were saved: the restart resumes them instead of refitting.
+    assert!(
+        second.log_text().contains("resumed if models"),
+        "{}",
+        second.log_text()
+    );
+    assert!(!second.log_text().contains("saved if models"));
+}
+
+#[test]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+fn two_detectors_split_partitions_and_hand_over() {
+    let dir = out_dir("scale-out");
+    let topic = unique("scale");
+    create_topic(&topic, 3);
+    let group = unique("scale");
+    let state = dir.join("state");
+    let mut a = Service::detect(
+        "if",
+        &topic,
+        &group,
+        &state.join("a"),
+        dir.join("a.log"),
+        &["--train", "200"],
+    );
+    let b = Service::detect(
+        "if",
+        &topic,
+        &group,
+        &state.join("b"),
+        dir.join("b.log"),
+        &["--train", "200"],
+    );
+    // Both in the group, each with part of the partitions.
+    wait_for(Duration::from_secs(60), "both detectors assigned", || {
+        (a.log_text().contains("partitions assigned")
+            && b.log_text().contains("partitions assigned"))
+        .then_some(())
+    });
+    // Keys spread over all three partitions.
+    let records: Vec<(String, Vec<u8>)> = kanary(&[
+        "simulate",
+        "--scenario",
+        "seed",
+        "--count",
+        "30000",
+        "--seed",
+        "9",
+    ])
+    .lines()
+    .enumerate()
+    .map(|(i, l)| {
+        let ev: serde_json::Value = serde_json::from_str(l).unwrap();
+        let svc = format!("svc-{}", i % 6);
+        let mut obj = ev.as_object().unwrap().clone();
+        obj.insert("service".into(), serde_json::json!(svc));
+        (svc, serde_json::to_vec(&obj).unwrap())
+    })
+    .collect();
+    let (first_half, second_half) = records.split_at(15_000);
+    produce(&topic, first_half);
+    wait_for(Duration::from_secs(60), "both process their share", || {
+        let ea = a.sample("detector_events_total", &[("model", "if")])?;
+        let eb = b.sample("detector_events_total", &[("model", "if")])?;
+        (ea > 0.0 && eb > 0.0 && ea + eb >= 15_000.0).then_some(())
+    });
+    wait_for(Duration::from_secs(60), "first half committed", || {
+        all_committed(&group, &topic).then_some(())
+    });
+    let a_events = a
+        .sample("detector_events_total", &[("model", "if")])
+        .unwrap();
+    let b_before = b
+        .sample("detector_events_total", &[("model", "if")])
+        .unwrap();
+    assert_eq!(
+        a_events + b_before,
+        15_000.0,
+        "each event processed once while both run"
+    );
+    // Stop one: the other takes over its partitions.
+    assert!(
+        a.terminate(Duration::from_secs(30)),
+        "graceful stop failed:\n{}",
+        a.log_text()
+    );
+    produce(&topic, second_half);
+    wait_for(
+        Duration::from_secs(90),
+        "all committed after hand-over",
+        || all_committed(&group, &topic).then_some(()),
+    );
+    let b_after = b
+        .sample("detector_events_total", &[("model", "if")])
+        .unwrap();
+    assert_eq!(
+        b_after - b_before,
+        15_000.0,
+        "the survivor processes every later event"
+    );
+    assert!(b.log_text().contains("parts=[0, 1, 2]"), "{}", b.log_text());
+}
