@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::features::StandardScaler;
+use crate::features::{StandardScaler, WindowSpec};
 use crate::models::autoencoder::{AeParams, Autoencoder};
 use crate::models::iforest::{IForestParams, IsolationForest};
 use crate::models::zscore::RobustZ;
@@ -261,7 +261,12 @@ fn fit_once(
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FittedDetector {
     pub kind: ModelKind,
+    /// Names of the model's input columns (window features when `window` is set).
     pub features: Arc<[String]>,
+    /// Event fields the rows are built from.
+    pub inputs: Vec<String>,
+    /// Sliding-window features computed from `inputs`, if any.
+    pub window: Option<WindowSpec>,
     pub scaler: StandardScaler,
     pub model: Model,
     pub threshold: f64,
@@ -330,6 +335,8 @@ impl FittedDetector {
         let threshold = method.fit(&train_scores)?;
         Ok(FittedDetector {
             kind: cfg.kind,
+            inputs: features.clone(),
+            window: None,
             features: features.into(),
             scaler,
             model,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::detector::{DetectorConfig, FitError, FittedDetector, MIN_TRAIN_ROWS};
 use crate::event::{Event, EventError};
+use crate::features::{WindowSpec, WindowState};
 
 /// When to compute per-feature contributions of a scored event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,6 +32,8 @@ pub struct EngineConfig {
     pub train_events: usize,
     /// Features to use; `None`: every numeric field of each service's first event.
     pub features: Option<Vec<String>>,
+    /// Sliding-window features computed from them, per service.
+    pub window: Option<WindowSpec>,
     pub explain: Explain,
 }
 
@@ -40,6 +43,7 @@ impl EngineConfig {
             detector,
             train_events: 1000,
             features: None,
+            window: None,
             explain: Explain::Flagged,
         }
     }
@@ -50,9 +54,9 @@ impl EngineConfig {
 pub enum Outcome {
     /// The event cannot be used; it is not scored.
     Invalid(EventError),
-    /// The event was kept for fitting its service's model. `fitted` is set on the event that
-    /// completed the training set (the model now exists); `error` if fitting failed, in which
-    /// case the service starts collecting again.
+    /// The event was kept for fitting its service's model (or to fill its feature windows).
+    /// `fitted` is set on the event that completed the training set (the model now exists);
+    /// `error` if fitting failed, in which case the service starts collecting again.
     Training {
         fitted: bool,
         error: Option<FitError>,
@@ -67,28 +71,33 @@ pub struct Scored {
     pub score: f64,
     pub threshold: f64,
     pub flagged: bool,
-    /// Feature names of the service's model.
+    /// Names of the model's input columns.
     pub features: Arc<[String]>,
-    /// Feature values as received.
+    /// The model's input row (before standardisation).
     pub values: Vec<f64>,
-    /// Each feature's share of the score (per [`Explain`]); empty otherwise.
+    /// Each column's share of the score (per [`Explain`]); empty otherwise.
     pub contributions: Vec<f64>,
 }
 
 #[derive(Debug, Clone)]
-enum ServiceState {
-    Warming {
-        features: Vec<String>,
-        rows: Vec<f64>,
-    },
+enum Phase {
+    Warming { rows: Vec<f64> },
     Ready(Arc<FittedDetector>),
+}
+
+#[derive(Debug, Clone)]
+struct Service {
+    /// Event fields the rows are built from.
+    inputs: Vec<String>,
+    window: Option<WindowState>,
+    phase: Phase,
 }
 
 /// Per-service models and their warm-up state.
 #[derive(Debug, Clone)]
 pub struct Engine {
     cfg: EngineConfig,
-    services: HashMap<String, ServiceState>,
+    services: HashMap<String, Service>,
     /// Scratch: per-service pending rows in the current batch.
     pending: HashMap<String, Pending>,
 }
@@ -114,23 +123,33 @@ impl Engine {
 
     /// Installs a fitted model for `service` (from a model file or a training file).
     pub fn insert_model(&mut self, service: impl Into<String>, model: FittedDetector) {
-        self.services
-            .insert(service.into(), ServiceState::Ready(Arc::new(model)));
+        let window = model
+            .window
+            .clone()
+            .map(|w| WindowState::new(w, model.inputs.len()));
+        self.services.insert(
+            service.into(),
+            Service {
+                inputs: model.inputs.clone(),
+                window,
+                phase: Phase::Ready(Arc::new(model)),
+            },
+        );
     }
 
     /// The fitted models, by service.
     pub fn models(&self) -> impl Iterator<Item = (&str, &Arc<FittedDetector>)> {
-        self.services.iter().filter_map(|(s, st)| match st {
-            ServiceState::Ready(m) => Some((s.as_str(), m)),
-            ServiceState::Warming { .. } => None,
+        self.services.iter().filter_map(|(s, st)| match &st.phase {
+            Phase::Ready(m) => Some((s.as_str(), m)),
+            Phase::Warming { .. } => None,
         })
     }
 
     /// The fitted model of one service.
     pub fn model(&self, service: &str) -> Option<&Arc<FittedDetector>> {
-        match self.services.get(service)? {
-            ServiceState::Ready(m) => Some(m),
-            ServiceState::Warming { .. } => None,
+        match &self.services.get(service)?.phase {
+            Phase::Ready(m) => Some(m),
+            Phase::Warming { .. } => None,
         }
     }
 
@@ -139,15 +158,11 @@ impl Engine {
         self.services.len()
     }
 
-    /// Events collected so far by services still warming up.
-    pub fn warming_events(&self) -> usize {
-        self.services
-            .values()
-            .map(|s| match s {
-                ServiceState::Warming { features, rows } => rows.len() / features.len().max(1),
-                ServiceState::Ready(_) => 0,
-            })
-            .sum()
+    fn inputs_for(&self, ev: &Event) -> Vec<String> {
+        self.cfg
+            .features
+            .clone()
+            .unwrap_or_else(|| ev.feature_names())
     }
 
     /// Fits one model per service on `events` (a training set), replacing existing ones.
@@ -158,31 +173,56 @@ impl Engine {
         trained_at: f64,
     ) -> Result<HashMap<&'static str, u64>, (String, FitError)> {
         let mut invalid: HashMap<&'static str, u64> = HashMap::new();
-        let mut by_service: HashMap<&str, (Vec<String>, Vec<f64>)> = HashMap::new();
-        let mut row = Vec::new();
+        // Per service: inputs, window state, rows.
+        let mut by_service: HashMap<&str, (Vec<String>, Option<WindowState>, Vec<f64>)> =
+            HashMap::new();
+        let (mut raw, mut derived) = (Vec::new(), Vec::new());
         for ev in events {
+            let inputs = self.inputs_for(ev);
+            let window = self.cfg.window.clone();
             let entry = by_service.entry(ev.service.as_str()).or_insert_with(|| {
-                (
-                    self.cfg
-                        .features
-                        .clone()
-                        .unwrap_or_else(|| ev.feature_names()),
-                    Vec::new(),
-                )
+                let w = window.map(|w| WindowState::new(w, inputs.len()));
+                (inputs, w, Vec::new())
             });
-            match ev.extract_into(&entry.0, &mut row) {
-                Ok(()) => entry.1.extend_from_slice(&row),
-                Err(e) => *invalid.entry(e.reason()).or_default() += 1,
+            if let Err(e) = ev.extract_into(&entry.0, &mut raw) {
+                *invalid.entry(e.reason()).or_default() += 1;
+                continue;
+            }
+            match &mut entry.1 {
+                Some(w) => {
+                    if w.push(&raw, &mut derived) {
+                        entry.2.extend_from_slice(&derived);
+                    }
+                }
+                None => entry.2.extend_from_slice(&raw),
             }
         }
         let mut services: Vec<_> = by_service.into_iter().collect();
         services.sort_by(|a, b| a.0.cmp(b.0));
-        for (service, (features, rows)) in services {
-            let m = FittedDetector::fit(&self.cfg.detector, features, &rows, trained_at)
+        for (service, (inputs, _, rows)) in services {
+            let m = self
+                .fit_rows(inputs, &rows, trained_at)
                 .map_err(|e| (service.to_string(), e))?;
             self.insert_model(service, m);
         }
         Ok(invalid)
+    }
+
+    /// Fits a detector on rows built from `inputs` (window features when configured).
+    fn fit_rows(
+        &self,
+        inputs: Vec<String>,
+        rows: &[f64],
+        trained_at: f64,
+    ) -> Result<FittedDetector, FitError> {
+        let names = match &self.cfg.window {
+            Some(w) => w.names(&inputs),
+            None => inputs.clone(),
+        };
+        let mut m = FittedDetector::fit(&self.cfg.detector, names, rows, trained_at)?;
+        m.inputs = inputs;
+        m.window = self.cfg.window.clone();
+        Ok(m)
     }
 
     /// Processes one event.
@@ -201,82 +241,96 @@ impl Engine {
             p.rows.clear();
             p.indices.clear();
         }
-        let mut row = Vec::new();
+        let (mut raw, mut derived) = (Vec::new(), Vec::new());
         for (i, ev) in events.iter().enumerate() {
-            let state = match self.services.get_mut(ev.service.as_str()) {
-                Some(s) => s,
-                None => {
-                    let features = self
-                        .cfg
-                        .features
-                        .clone()
-                        .unwrap_or_else(|| ev.feature_names());
-                    if features.is_empty() {
-                        out.push(Outcome::Invalid(EventError::MissingFeature(
-                            "(no numeric fields)".into(),
-                        )));
+            if !self.services.contains_key(ev.service.as_str()) {
+                let inputs = self.inputs_for(ev);
+                if inputs.is_empty() {
+                    out.push(Outcome::Invalid(EventError::MissingFeature(
+                        "(no numeric fields)".into(),
+                    )));
+                    continue;
+                }
+                let window = self
+                    .cfg
+                    .window
+                    .clone()
+                    .map(|w| WindowState::new(w, inputs.len()));
+                self.services.insert(
+                    ev.service.clone(),
+                    Service {
+                        inputs,
+                        window,
+                        phase: Phase::Warming { rows: Vec::new() },
+                    },
+                );
+            }
+            let svc = self
+                .services
+                .get_mut(ev.service.as_str())
+                .expect("inserted above");
+            if let Err(e) = ev.extract_into(&svc.inputs, &mut raw) {
+                out.push(Outcome::Invalid(e));
+                continue;
+            }
+            let row: &[f64] = match &mut svc.window {
+                Some(w) => {
+                    if !w.push(&raw, &mut derived) {
+                        // Still filling the windows: part of the warm-up.
+                        out.push(Outcome::Training {
+                            fitted: false,
+                            error: None,
+                        });
                         continue;
                     }
-                    self.services
-                        .entry(ev.service.clone())
-                        .or_insert(ServiceState::Warming {
-                            features,
-                            rows: Vec::new(),
-                        })
+                    &derived
                 }
+                None => &raw,
             };
-            match state {
-                ServiceState::Warming { features, rows } => {
-                    if let Err(e) = ev.extract_into(features, &mut row) {
-                        out.push(Outcome::Invalid(e));
-                        continue;
-                    }
-                    rows.extend_from_slice(&row);
-                    if rows.len() / features.len() < train_events {
-                        out.push(Outcome::Training {
-                            fitted: false,
-                            error: None,
-                        });
-                        continue;
-                    }
-                    let features = std::mem::take(features);
-                    let rows = std::mem::take(rows);
-                    match FittedDetector::fit(&self.cfg.detector, features.clone(), &rows, now) {
-                        Ok(m) => {
-                            *state = ServiceState::Ready(Arc::new(m));
-                            out.push(Outcome::Training {
-                                fitted: true,
-                                error: None,
-                            });
-                        }
-                        Err(e) => {
-                            *state = ServiceState::Warming {
-                                features,
-                                rows: Vec::new(),
-                            };
-                            out.push(Outcome::Training {
-                                fitted: false,
-                                error: Some(e),
-                            });
+            match &mut svc.phase {
+                Phase::Warming { rows } => {
+                    rows.extend_from_slice(row);
+                    out.push(Outcome::Training {
+                        fitted: false,
+                        error: None,
+                    });
+                    if rows.len() / row.len() >= train_events {
+                        // Fit now, so that the service's next event is scored.
+                        let rows = std::mem::take(rows);
+                        let inputs = svc.inputs.clone();
+                        let result = self.fit_rows(inputs, &rows, now);
+                        let svc = self.services.get_mut(ev.service.as_str()).expect("present");
+                        let last = out.last_mut().expect("pushed above");
+                        match result {
+                            Ok(m) => {
+                                svc.phase = Phase::Ready(Arc::new(m));
+                                *last = Outcome::Training {
+                                    fitted: true,
+                                    error: None,
+                                };
+                            }
+                            Err(e) => {
+                                *last = Outcome::Training {
+                                    fitted: false,
+                                    error: Some(e),
+                                };
+                            }
                         }
                     }
                 }
-                ServiceState::Ready(m) => match ev.extract_into(&m.features, &mut row) {
-                    Ok(()) => {
-                        let p = match self.pending.get_mut(ev.service.as_str()) {
-                            Some(p) => p,
-                            None => self.pending.entry(ev.service.clone()).or_default(),
-                        };
-                        p.rows.extend_from_slice(&row);
-                        p.indices.push(i);
-                        // Placeholder, replaced once the batch is scored.
-                        out.push(Outcome::Training {
-                            fitted: false,
-                            error: None,
-                        });
-                    }
-                    Err(e) => out.push(Outcome::Invalid(e)),
-                },
+                Phase::Ready(_) => {
+                    let p = match self.pending.get_mut(ev.service.as_str()) {
+                        Some(p) => p,
+                        None => self.pending.entry(ev.service.clone()).or_default(),
+                    };
+                    p.rows.extend_from_slice(row);
+                    p.indices.push(i);
+                    // Placeholder, replaced once the batch is scored.
+                    out.push(Outcome::Training {
+                        fitted: false,
+                        error: None,
+                    });
+                }
             }
         }
         // Score each service's pending rows in one batch.
@@ -285,7 +339,11 @@ impl Engine {
             if p.indices.is_empty() {
                 continue;
             }
-            let Some(ServiceState::Ready(m)) = self.services.get(service) else {
+            let Some(Service {
+                phase: Phase::Ready(m),
+                ..
+            }) = self.services.get(service)
+            else {
                 continue;
             };
             let d = m.dim();
@@ -317,6 +375,7 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::detector::ModelKind;
+    use crate::features::WindowSpec;
     use crate::simulate::{DEFAULT_START_TS, Scenario, Simulator};
 
     fn engine(kind: ModelKind, train: usize) -> Engine {
@@ -369,6 +428,43 @@ mod tests {
             }
         }
         assert_eq!(b.service_count(), 4);
+    }
+
+    #[test]
+    fn window_features_warm_up_then_score_and_survive_a_model_file() {
+        let mut cfg = EngineConfig::new(DetectorConfig::new(ModelKind::ZScore));
+        cfg.train_events = 50;
+        cfg.window = Some(WindowSpec {
+            lengths: vec![4],
+            ..WindowSpec::default()
+        });
+        let mut e = Engine::new(cfg);
+        let evs: Vec<Event> = (0..100)
+            .map(|i| Event::new(i as f64, "svc").with_field("v", (i % 7) as f64))
+            .collect();
+        let outs: Vec<Outcome> = evs.iter().map(|ev| e.process(ev, 0.0)).collect();
+        // 4 events fill the window, 50 train, the rest are scored.
+        let training = outs
+            .iter()
+            .filter(|o| matches!(o, Outcome::Training { .. }))
+            .count();
+        assert_eq!(training, 4 + 50);
+        let Outcome::Scored(s) = &outs[99] else {
+            panic!("not scored")
+        };
+        assert_eq!(&*s.features, ["v", "v.d1", "v.z4"]);
+        // A model from a file brings its window along and rebuilds it from events.
+        let m = (**e.model("svc").unwrap()).clone();
+        assert_eq!(m.inputs, vec!["v".to_string()]);
+        let mut fresh = Engine::new(EngineConfig::new(DetectorConfig::new(ModelKind::ZScore)));
+        fresh.insert_model("svc", m);
+        let outs: Vec<Outcome> = evs[..10].iter().map(|ev| fresh.process(ev, 0.0)).collect();
+        assert!(
+            outs[..4]
+                .iter()
+                .all(|o| matches!(o, Outcome::Training { .. }))
+        );
+        assert!(outs[4..].iter().all(|o| matches!(o, Outcome::Scored(_))));
     }
 
     #[test]

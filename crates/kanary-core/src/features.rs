@@ -81,6 +81,169 @@ impl StandardScaler {
     }
 }
 
+/// Sliding-window features, computed per service from its recent events: univariate streams
+/// need context (a value is anomalous relative to its neighbours, not on its own).
+///
+/// For each input feature `f` and each window length `L` (in events) the extractor can emit:
+/// the value itself (`f`), the change from the previous event (`f.d1`), the rolling mean and
+/// standard deviation over the last `L` events (`f.meanL`, `f.stdL`), the value's z-score
+/// against the `L` events before it (`f.zL`), and the rate of change over `L` events
+/// (`f.rocL`, `(x_t − x_{t−L}) / L`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WindowSpec {
+    pub lengths: Vec<usize>,
+    pub value: bool,
+    pub delta: bool,
+    pub mean: bool,
+    pub std: bool,
+    pub zscore: bool,
+    pub rate: bool,
+}
+
+impl Default for WindowSpec {
+    fn default() -> Self {
+        WindowSpec {
+            lengths: vec![8, 32, 128],
+            value: true,
+            delta: true,
+            mean: false,
+            std: false,
+            zscore: true,
+            rate: false,
+        }
+    }
+}
+
+/// Error for a window specification that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    #[error("window lengths must be at least 2, got {0}")]
+    TooShort(usize),
+    #[error("a window must emit at least one feature")]
+    Empty,
+}
+
+impl WindowSpec {
+    pub fn validate(&self) -> Result<(), WindowError> {
+        if let Some(&l) = self.lengths.iter().find(|&&l| l < 2) {
+            return Err(WindowError::TooShort(l));
+        }
+        let per_len = self.mean || self.std || self.zscore || self.rate;
+        if !(self.value || self.delta || (per_len && !self.lengths.is_empty())) {
+            return Err(WindowError::Empty);
+        }
+        Ok(())
+    }
+
+    /// Events of history needed before every feature is defined.
+    pub fn history(&self) -> usize {
+        self.lengths.iter().copied().max().unwrap_or(1).max(1) + 1
+    }
+
+    /// Names of the derived features, in output order.
+    pub fn names(&self, base: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        for f in base {
+            if self.value {
+                out.push(f.clone());
+            }
+            if self.delta {
+                out.push(format!("{f}.d1"));
+            }
+            for l in &self.lengths {
+                if self.mean {
+                    out.push(format!("{f}.mean{l}"));
+                }
+                if self.std {
+                    out.push(format!("{f}.std{l}"));
+                }
+                if self.zscore {
+                    out.push(format!("{f}.z{l}"));
+                }
+                if self.rate {
+                    out.push(format!("{f}.roc{l}"));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The running state of a [`WindowSpec`] for one service: a ring of recent raw rows.
+#[derive(Debug, Clone)]
+pub struct WindowState {
+    spec: WindowSpec,
+    dim: usize,
+    cap: usize,
+    /// Ring of the last `cap` raw rows (row-major).
+    ring: Vec<f64>,
+    /// Rows pushed so far.
+    seen: usize,
+}
+
+impl WindowState {
+    pub fn new(spec: WindowSpec, dim: usize) -> Self {
+        let cap = spec.history();
+        WindowState {
+            spec,
+            dim,
+            cap,
+            ring: vec![0.0; cap * dim],
+            seen: 0,
+        }
+    }
+
+    /// Row `back` events ago (0 = the latest pushed), feature `f`.
+    fn at(&self, back: usize, f: usize) -> f64 {
+        let slot = (self.seen - 1 - back) % self.cap;
+        self.ring[slot * self.dim + f]
+    }
+
+    /// Adds the raw row `x` and writes its derived features to `out` (cleared first). Returns
+    /// false while the history is too short for every feature (`out` is then left empty).
+    pub fn push(&mut self, x: &[f64], out: &mut Vec<f64>) -> bool {
+        debug_assert_eq!(x.len(), self.dim);
+        let slot = self.seen % self.cap;
+        self.ring[slot * self.dim..(slot + 1) * self.dim].copy_from_slice(x);
+        self.seen += 1;
+        out.clear();
+        if self.seen < self.cap {
+            return false;
+        }
+        for (f, &v) in x.iter().enumerate() {
+            if self.spec.value {
+                out.push(v);
+            }
+            if self.spec.delta {
+                out.push(v - self.at(1, f));
+            }
+            for &l in &self.spec.lengths {
+                // Statistics of the l events before this one (so a spike does not dilute its
+                // own baseline), computed two-pass for accuracy.
+                let mean = (1..=l).map(|b| self.at(b, f)).sum::<f64>() / l as f64;
+                let var = (1..=l).map(|b| (self.at(b, f) - mean).powi(2)).sum::<f64>() / l as f64;
+                let sd = var.sqrt();
+                if self.spec.mean {
+                    out.push(mean);
+                }
+                if self.spec.std {
+                    out.push(sd);
+                }
+                if self.spec.zscore {
+                    // A floor on the spread keeps flat stretches from dividing by zero.
+                    let floor = 1e-3 * mean.abs().max(1e-3);
+                    out.push((v - mean) / sd.max(floor));
+                }
+                if self.spec.rate {
+                    out.push((v - self.at(l, f)) / l as f64);
+                }
+            }
+        }
+        true
+    }
+}
+
 /// Median of a slice (NaN-free); `None` when empty. Reorders the slice.
 pub fn median_in_place(xs: &mut [f64]) -> Option<f64> {
     if xs.is_empty() {
@@ -157,6 +320,58 @@ mod tests {
         let mut r = [5.0];
         s.transform_row(&mut r);
         assert_eq!(r, [0.0]);
+    }
+
+    #[test]
+    fn window_features_by_hand() {
+        let spec = WindowSpec {
+            lengths: vec![2],
+            value: true,
+            delta: true,
+            mean: true,
+            std: true,
+            zscore: true,
+            rate: true,
+        };
+        spec.validate().unwrap();
+        assert_eq!(
+            spec.names(&["v".to_string()]),
+            ["v", "v.d1", "v.mean2", "v.std2", "v.z2", "v.roc2"]
+        );
+        let mut w = WindowState::new(spec, 1);
+        let mut out = Vec::new();
+        assert!(!w.push(&[1.0], &mut out));
+        assert!(!w.push(&[3.0], &mut out));
+        assert!(out.is_empty());
+        assert!(w.push(&[8.0], &mut out));
+        // Previous two: 1, 3 -> mean 2, sd 1; z = (8 - 2)/1; roc = (8 - 1)/2.
+        assert_eq!(out, vec![8.0, 5.0, 2.0, 1.0, 6.0, 3.5]);
+        assert!(w.push(&[8.0], &mut out));
+        // Previous two: 3, 8 -> mean 5.5, sd 2.5.
+        assert_eq!(out, vec![8.0, 0.0, 5.5, 2.5, 1.0, 2.5]);
+    }
+
+    #[test]
+    fn window_specs_are_checked() {
+        let bad = WindowSpec {
+            lengths: vec![1],
+            ..WindowSpec::default()
+        };
+        assert_eq!(bad.validate(), Err(WindowError::TooShort(1)));
+        let empty = WindowSpec {
+            lengths: vec![],
+            value: false,
+            delta: false,
+            ..WindowSpec::default()
+        };
+        assert_eq!(empty.validate(), Err(WindowError::Empty));
+        // Flat stretches give finite z-scores.
+        let mut w = WindowState::new(WindowSpec::default(), 1);
+        let mut out = Vec::new();
+        for _ in 0..200 {
+            w.push(&[5.0], &mut out);
+        }
+        assert!(out.iter().all(|v| v.is_finite()));
     }
 
     #[test]

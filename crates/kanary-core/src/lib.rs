@@ -12,7 +12,7 @@
 //!   z-score.
 //! - [`threshold`]: turning scores into decisions without labels.
 //! - [`engine`]: per-service warm-up, fitting and batch scoring of a stream.
-//! - [`eval`]: precision/recall/F1 and PR-AUC against labels.
+//! - [`eval`]: precision/recall/F1 and PR-AUC against labels; [`nab`]: NAB scoring.
 //! - [`simulate`]: deterministic scenario generators.
 //! - [`persist`]: versioned model files.
 //! - [`rng`]: the seedable generator behind every random choice.
@@ -23,6 +23,7 @@ pub mod eval;
 pub mod event;
 pub mod features;
 pub mod models;
+pub mod nab;
 pub mod persist;
 pub mod rng;
 pub mod simulate;
