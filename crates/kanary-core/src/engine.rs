@@ -73,7 +73,8 @@ pub struct Scored {
     pub flagged: bool,
     /// Names of the model's input columns.
     pub features: Arc<[String]>,
-    /// The model's input row (before standardisation).
+    /// The model's input row (before standardisation), with the contributions (per
+    /// [`Explain`]); empty otherwise.
     pub values: Vec<f64>,
     /// Each column's share of the score (per [`Explain`]); empty otherwise.
     pub contributions: Vec<f64>,
@@ -353,17 +354,21 @@ impl Engine {
             for (k, &i) in p.indices.iter().enumerate() {
                 let score = scores[k];
                 let flagged = score >= m.threshold;
-                let contributions = if flagged || explain_all {
-                    m.contributions_scaled(&p.rows[k * d..(k + 1) * d])
+                // Values and explanations are only needed for anomaly records and reports.
+                let (values, contributions) = if flagged || explain_all {
+                    (
+                        raw[k * d..(k + 1) * d].to_vec(),
+                        m.contributions_scaled(&p.rows[k * d..(k + 1) * d]),
+                    )
                 } else {
-                    Vec::new()
+                    (Vec::new(), Vec::new())
                 };
                 out[base + i] = Outcome::Scored(Scored {
                     score,
                     threshold: m.threshold,
                     flagged,
                     features: m.features.clone(),
-                    values: raw[k * d..(k + 1) * d].to_vec(),
+                    values,
                     contributions,
                 });
             }

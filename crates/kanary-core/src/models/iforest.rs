@@ -265,6 +265,14 @@ impl IsolationForest {
         if self.samples < 2 {
             return Err("subsample size below 2".into());
         }
+        if self
+            .sizes
+            .iter()
+            .chain(&self.leaf_sizes)
+            .any(|&k| k as usize > self.samples)
+        {
+            return Err("a node holds more rows than the subsample".into());
+        }
         if let Some(n) = self.nodes.iter().find(|n| n.feature as usize >= self.dim) {
             return Err(format!(
                 "split on feature {} of a {}-feature forest",
@@ -400,6 +408,11 @@ impl IsolationForest {
         let ni = self.n_internal();
         let nl = ni + 1;
         let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        // log2 of every possible node size (an empty child counts as half a row, so that the
+        // split still earns a finite number of bits).
+        let log2: Vec<f64> = (0..=self.samples)
+            .map(|k| (k as f64).max(0.5).log2())
+            .collect();
         for t in 0..self.n_trees {
             let nodes = &self.nodes[t * ni..(t + 1) * ni];
             let sizes = &self.sizes[t * ni..(t + 1) * ni];
@@ -415,10 +428,7 @@ impl IsolationForest {
                     sizes[next]
                 };
                 if node.threshold.is_finite() && parent > 0 {
-                    // An empty child cannot be reached by a training row; count it as 1/2 row
-                    // so that the split still earns a finite number of bits.
-                    let child = (child as f64).max(0.5);
-                    out[node.feature as usize] += (parent as f64 / child).log2();
+                    out[node.feature as usize] += log2[parent as usize] - log2[child as usize];
                 }
                 i = next;
             }

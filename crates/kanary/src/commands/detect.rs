@@ -398,6 +398,10 @@ async fn serve(s: Settings, opts: ModelOpts) -> Result<()> {
         ("session.timeout.ms", "10000"),
         ("statistics.interval.ms", "5000"),
         ("fetch.wait.max.ms", "50"),
+        // librdkafka stops fetching while its local queue holds queued.min.messages and then
+        // waits fetch.queue.backoff.ms (1 s by default) before looking again: at a few
+        // hundred thousand events/s the queue drains far sooner, and the scorer would starve.
+        ("fetch.queue.backoff.ms", "5"),
     ] {
         if ccfg.get(k).is_none() {
             ccfg.set(k, v);
@@ -589,7 +593,12 @@ fn score_loop(
     s: &Settings,
 ) -> Result<()> {
     let mut out = BatchOutput::default();
-    while let Ok(batch) = rx.recv() {
+    let mut stats = StageStats::default();
+    loop {
+        let waited = Instant::now();
+        let Ok(batch) = rx.recv() else { break };
+        stats.idle += waited.elapsed();
+        let busy = Instant::now();
         let msgs: Vec<Message> = Vec::from_iter(batch.meta.iter().map(|m| Message {
             payload: &batch.data[m.payload.clone()],
             key: m.key.clone().map(|k| &batch.data[k]),
@@ -660,14 +669,61 @@ fn score_loop(
             offsets,
             events: batch.meta.len(),
         };
+        stats.busy += busy.elapsed();
+        let blocked = Instant::now();
         if tx.blocking_send(pending).is_err() {
             bail!("commit stage stopped");
         }
+        stats.blocked += blocked.elapsed();
+        stats.batches += 1;
+        stats.events += batch.meta.len() as u64;
+        stats.maybe_log();
         if shared.fatal.load(Ordering::Acquire) {
             bail!("a delivery failed for good");
         }
     }
     Ok(())
+}
+
+/// Where the scoring thread's time goes, logged at debug level every 10 s.
+struct StageStats {
+    since: Instant,
+    batches: u64,
+    events: u64,
+    busy: Duration,
+    idle: Duration,
+    blocked: Duration,
+}
+
+impl Default for StageStats {
+    fn default() -> Self {
+        StageStats {
+            since: Instant::now(),
+            batches: 0,
+            events: 0,
+            busy: Duration::ZERO,
+            idle: Duration::ZERO,
+            blocked: Duration::ZERO,
+        }
+    }
+}
+
+impl StageStats {
+    fn maybe_log(&mut self) {
+        if self.since.elapsed() < Duration::from_secs(10) {
+            return;
+        }
+        tracing::debug!(
+            batches = self.batches,
+            events = self.events,
+            mean_batch = self.events / self.batches.max(1),
+            busy_ms = self.busy.as_millis() as u64,
+            waiting_for_input_ms = self.idle.as_millis() as u64,
+            blocked_on_commit_ms = self.blocked.as_millis() as u64,
+            "scoring stage"
+        );
+        *self = StageStats::default();
+    }
 }
 
 /// Queues one record, waiting while the producer's queue is full.
