@@ -7,8 +7,8 @@
 #   SKIP_LINT=1 scripts/test.sh   # without fmt/clippy (quicker while iterating)
 #
 # Stages: system packages -> fmt + clippy -> unit, property and CLI tests -> Kafka end-to-end
-# tests (+ Prometheus, promtool, dashboard queries) -> deployment files -> live page in
-# headless Chromium -> Isolation Forest parity with scikit-learn -> NAB score.
+# tests (+ Prometheus, promtool, dashboard queries) -> deployment files -> live page and eval
+# report in headless Chromium -> Isolation Forest parity with scikit-learn -> NAB score.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -96,6 +96,12 @@ done
 kill "$DEMO_PID" 2>/dev/null || true
 wait "$DEMO_PID" 2>/dev/null || true
 DEMO_PID=""
+
+step "eval --report on the microservices scenario, opened in headless Chromium"
+"$KANARY" simulate --scenario microservices --count 20000 --seed 1 --output "$OUT/microservices.jsonl"
+"$KANARY" eval --input "$OUT/microservices.jsonl" --model if,ae,zscore,novelty --report "$OUT/report.html"
+node "$ROOT/scripts/browser/check_report.mjs" --report "$OUT/report.html" --out "$OUT/report" \
+  --models if,ae,zscore,novelty
 
 # --- 7. Isolation Forest ranking parity with scikit-learn ----------------------------------
 step "Isolation Forest parity with scikit-learn (scripts/iforest_parity.py)"

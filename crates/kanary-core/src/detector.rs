@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::features::{StandardScaler, WindowSpec};
 use crate::models::autoencoder::{AeParams, Autoencoder};
 use crate::models::iforest::{IForestParams, IsolationForest};
+use crate::models::novelty::NoveltyParams;
 use crate::models::zscore::RobustZ;
 use crate::threshold::{ThresholdError, ThresholdMethod};
 
@@ -43,14 +44,23 @@ pub enum ModelKind {
     /// Robust z-score baseline (`zscore`).
     #[serde(rename = "zscore")]
     ZScore,
+    /// Streaming record-ratio novelty detector (`novelty`): no fit, keeps learning.
+    #[serde(rename = "novelty")]
+    Novelty,
 }
 
 impl ModelKind {
-    pub const ALL: [ModelKind; 3] = [
+    pub const ALL: [ModelKind; 4] = [
         ModelKind::IForest,
         ModelKind::Autoencoder,
         ModelKind::ZScore,
+        ModelKind::Novelty,
     ];
+
+    /// Streaming models score from the first event and keep learning; they are never fitted.
+    pub fn is_streaming(self) -> bool {
+        self == ModelKind::Novelty
+    }
 
     /// Short name: `if`, `ae`, `zscore`.
     pub fn name(self) -> &'static str {
@@ -58,6 +68,7 @@ impl ModelKind {
             ModelKind::IForest => "if",
             ModelKind::Autoencoder => "ae",
             ModelKind::ZScore => "zscore",
+            ModelKind::Novelty => "novelty",
         }
     }
 
@@ -71,6 +82,9 @@ impl ModelKind {
         match self {
             ModelKind::IForest => ThresholdMethod::Mad { k: 5.0 },
             ModelKind::Autoencoder | ModelKind::ZScore => ThresholdMethod::default(),
+            ModelKind::Novelty => ThresholdMethod::Fixed {
+                value: NoveltyParams::THRESHOLD,
+            },
         }
     }
 }
@@ -83,7 +97,7 @@ impl fmt::Display for ModelKind {
 
 /// Error for an unknown model name.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("unknown model `{0}`: expected one of if, ae, zscore")]
+#[error("unknown model `{0}`: expected one of if, ae, zscore, novelty")]
 pub struct UnknownModel(pub String);
 
 impl FromStr for ModelKind {
@@ -93,6 +107,7 @@ impl FromStr for ModelKind {
             "if" | "iforest" | "isolation-forest" => Ok(ModelKind::IForest),
             "ae" | "autoencoder" => Ok(ModelKind::Autoencoder),
             "zscore" | "z" | "robust-z" => Ok(ModelKind::ZScore),
+            "novelty" | "record-ratio" => Ok(ModelKind::Novelty),
             _ => Err(UnknownModel(s.to_string())),
         }
     }
@@ -106,6 +121,8 @@ pub struct DetectorConfig {
     pub iforest: IForestParams,
     #[serde(default)]
     pub autoencoder: AeParams,
+    #[serde(default)]
+    pub novelty: NoveltyParams,
     /// Threshold rule; `None` means the model's default.
     #[serde(default)]
     pub threshold: Option<ThresholdMethod>,
@@ -127,6 +144,7 @@ impl DetectorConfig {
             kind,
             iforest: IForestParams::default(),
             autoencoder: AeParams::default(),
+            novelty: NoveltyParams::default(),
             threshold: None,
             seed: 0,
             robust: true,
@@ -223,6 +241,8 @@ pub enum FitError {
     Autoencoder(#[from] crate::models::autoencoder::AeError),
     #[error("threshold: {0}")]
     Threshold(#[from] ThresholdError),
+    #[error("`{0}` is a streaming model: it scores from the first event and is never fitted")]
+    Streaming(ModelKind),
 }
 
 /// Fits scaler and model on raw rows once; returns them with the training rows' scores
@@ -253,6 +273,7 @@ fn fit_once(
             m.score_batch(&data, &mut s);
             (m, s)
         }
+        ModelKind::Novelty => return Err(FitError::Streaming(ModelKind::Novelty)),
     };
     Ok((scaler, model, scores))
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crate::detector::{DetectorConfig, FitError, FittedDetector, MIN_TRAIN_ROWS};
 use crate::event::{Event, EventError};
 use crate::features::{WindowSpec, WindowState};
+use crate::models::novelty::{Novelty, NoveltyParams};
 
 /// When to compute per-feature contributions of a scored event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -82,8 +83,15 @@ pub struct Scored {
 
 #[derive(Debug, Clone)]
 enum Phase {
-    Warming { rows: Vec<f64> },
+    Warming {
+        rows: Vec<f64>,
+    },
     Ready(Arc<FittedDetector>),
+    /// A streaming model's state: scores from the first event, learns from every one.
+    Streaming {
+        model: Box<Novelty>,
+        names: Arc<[String]>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -142,7 +150,7 @@ impl Engine {
     pub fn models(&self) -> impl Iterator<Item = (&str, &Arc<FittedDetector>)> {
         self.services.iter().filter_map(|(s, st)| match &st.phase {
             Phase::Ready(m) => Some((s.as_str(), m)),
-            Phase::Warming { .. } => None,
+            Phase::Warming { .. } | Phase::Streaming { .. } => None,
         })
     }
 
@@ -150,8 +158,16 @@ impl Engine {
     pub fn model(&self, service: &str) -> Option<&Arc<FittedDetector>> {
         match &self.services.get(service)?.phase {
             Phase::Ready(m) => Some(m),
-            Phase::Warming { .. } => None,
+            Phase::Warming { .. } | Phase::Streaming { .. } => None,
         }
+    }
+
+    /// Whether the engine can score: some service has a fitted model, or (streaming models)
+    /// some service has been seen.
+    pub fn ready(&self) -> bool {
+        self.services
+            .values()
+            .any(|s| matches!(s.phase, Phase::Ready(_) | Phase::Streaming { .. }))
     }
 
     /// Services seen, fitted or not.
@@ -257,12 +273,27 @@ impl Engine {
                     .window
                     .clone()
                     .map(|w| WindowState::new(w, inputs.len()));
+                let phase = if self.cfg.detector.kind.is_streaming() {
+                    let names: Vec<String> = match &self.cfg.window {
+                        Some(w) => w.names(&inputs),
+                        None => inputs.clone(),
+                    };
+                    Phase::Streaming {
+                        model: Box::new(Novelty::new(
+                            self.cfg.detector.novelty.clone(),
+                            names.len(),
+                        )),
+                        names: names.into(),
+                    }
+                } else {
+                    Phase::Warming { rows: Vec::new() }
+                };
                 self.services.insert(
                     ev.service.clone(),
                     Service {
                         inputs,
                         window,
-                        phase: Phase::Warming { rows: Vec::new() },
+                        phase,
                     },
                 );
             }
@@ -289,6 +320,30 @@ impl Engine {
                 None => &raw,
             };
             match &mut svc.phase {
+                Phase::Streaming { model, names } => {
+                    let s = model.update(ev.ts, row);
+                    let threshold = NoveltyParams::THRESHOLD;
+                    let flagged = s.score >= threshold;
+                    let (values, contributions) = if flagged || self.cfg.explain == Explain::All {
+                        let total: f64 = s.column_ratios.iter().sum();
+                        let shares = s
+                            .column_ratios
+                            .iter()
+                            .map(|q| if total > 0.0 { q / total } else { 0.0 })
+                            .collect();
+                        (row.to_vec(), shares)
+                    } else {
+                        (Vec::new(), Vec::new())
+                    };
+                    out.push(Outcome::Scored(Scored {
+                        score: s.score,
+                        threshold,
+                        flagged,
+                        features: names.clone(),
+                        values,
+                        contributions,
+                    }));
+                }
                 Phase::Warming { rows } => {
                     rows.extend_from_slice(row);
                     out.push(Outcome::Training {

@@ -168,7 +168,7 @@ mod tests {
 
     #[test]
     fn round_trips_every_model_kind() {
-        for kind in ModelKind::ALL {
+        for kind in ModelKind::ALL.into_iter().filter(|k| !k.is_streaming()) {
             let f = sample(kind);
             let bytes = f.encode().unwrap();
             assert_eq!(ModelFile::decode(&bytes).unwrap(), f);

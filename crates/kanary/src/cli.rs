@@ -5,9 +5,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use kanary_core::detector::{DetectorConfig, ModelKind, UnknownModel};
+use kanary_core::engine::EngineConfig;
+use kanary_core::features::WindowSpec;
 use kanary_core::models::autoencoder::AeParams;
 use kanary_core::models::iforest::IForestParams;
 use kanary_core::models::nn::Activation;
+use kanary_core::models::novelty::NoveltyParams;
 use kanary_core::simulate::Scenario;
 use kanary_core::threshold::ThresholdMethod;
 
@@ -131,6 +134,27 @@ pub struct ModelOpts {
     /// Autoencoder: activation of the code (narrowest) layer.
     #[arg(long, env = "KANARY_AE_CODE_ACTIVATION", value_parser = parse_activation, default_value = "tanh")]
     pub ae_code_activation: Activation,
+    /// Novelty: the alarm level of the record ratio, its sensitivity (1.05: flag a deviation 5%
+    /// beyond the largest seen before; lower flags more).
+    #[arg(long, env = "KANARY_NOVELTY_ALERT", default_value_t = 1.05)]
+    pub novelty_alert: f64,
+    /// Novelty: events after an alarm during which no new alarm is raised.
+    #[arg(long, env = "KANARY_NOVELTY_COOLDOWN", default_value_t = 20)]
+    pub novelty_cooldown: usize,
+    /// Sliding windows, lengths in events (e.g. `8,32,128`): each feature is replaced by
+    /// window features computed per service over its recent events (see
+    /// --window-features). Univariate streams need this context. Default: none (nab: its own).
+    #[arg(long = "window", env = "KANARY_WINDOW", value_delimiter = ',')]
+    pub window: Option<Vec<usize>>,
+    /// Window features to emit: value, d1 (change from the previous event), mean, std,
+    /// z (z-score against the window before the event), roc (rate of change).
+    #[arg(
+        long = "window-features",
+        env = "KANARY_WINDOW_FEATURES",
+        value_delimiter = ',',
+        default_value = "value,d1,z"
+    )]
+    pub window_features: Vec<String>,
     /// Autoencoder: maximum training epochs (early stopping on a 10% validation split).
     #[arg(long, env = "KANARY_AE_EPOCHS", default_value_t = 200)]
     pub ae_epochs: usize,
@@ -150,6 +174,50 @@ pub struct ModelOpts {
 }
 
 impl ModelOpts {
+    /// The engine configuration of a model: detector, training events, features, windows.
+    pub fn engine_config(&self, kind: ModelKind, train: usize) -> anyhow::Result<EngineConfig> {
+        let detector = self.detector_config(kind);
+        detector.novelty.validate().map_err(anyhow::Error::msg)?;
+        let mut c = EngineConfig::new(detector);
+        c.train_events = train;
+        c.features = self.features.clone();
+        c.window = self.window_spec().map_err(anyhow::Error::msg)?;
+        Ok(c)
+    }
+
+    /// The sliding-window specification, if --window is given.
+    pub fn window_spec(&self) -> Result<Option<WindowSpec>, String> {
+        let Some(lengths) = &self.window else {
+            return Ok(None);
+        };
+        let mut spec = WindowSpec {
+            lengths: lengths.clone(),
+            value: false,
+            delta: false,
+            mean: false,
+            std: false,
+            zscore: false,
+            rate: false,
+        };
+        for f in &self.window_features {
+            match f.trim() {
+                "value" => spec.value = true,
+                "d1" | "delta" => spec.delta = true,
+                "mean" => spec.mean = true,
+                "std" => spec.std = true,
+                "z" | "zscore" => spec.zscore = true,
+                "roc" | "rate" => spec.rate = true,
+                other => {
+                    return Err(format!(
+                        "unknown window feature `{other}`: expected value, d1, mean, std, z, roc"
+                    ));
+                }
+            }
+        }
+        spec.validate().map_err(|e| e.to_string())?;
+        Ok(Some(spec))
+    }
+
     pub fn detector_config(&self, kind: ModelKind) -> DetectorConfig {
         DetectorConfig {
             kind,
@@ -169,6 +237,11 @@ impl ModelOpts {
                 patience: self.ae_patience,
                 noise: self.ae_noise,
                 ..AeParams::default()
+            },
+            novelty: NoveltyParams {
+                alert: self.novelty_alert,
+                cooldown: self.novelty_cooldown,
+                ..NoveltyParams::default()
             },
             threshold: self.threshold,
             seed: self.model_seed,
@@ -218,7 +291,7 @@ pub struct EvalArgs {
     /// JSONL file of events to replay.
     #[arg(long)]
     pub input: PathBuf,
-    /// Models to evaluate, comma-separated: if, ae, zscore.
+    /// Models to evaluate, comma-separated: if, ae, zscore, novelty.
     #[arg(long, default_value = "if")]
     pub model: ModelList,
     /// Fit each service's model on its first N events (they are not scored).
@@ -249,7 +322,7 @@ pub struct TrainArgs {
     /// JSONL file of events to fit on.
     #[arg(long)]
     pub input: PathBuf,
-    /// Model to fit: if, ae or zscore.
+    /// Model to fit: if, ae or zscore (novelty is streaming: it needs no fit).
     #[arg(long, default_value = "if")]
     pub model: ModelKind,
     /// Fit each service on at most its first N events (default: all of them).

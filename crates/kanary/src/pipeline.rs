@@ -144,11 +144,9 @@ impl Pipeline {
         }
     }
 
-    /// Every model has at least one fitted service.
+    /// Every model can score (a fitted service, or a streaming model that has seen one).
     pub fn has_models(&self) -> bool {
-        self.runners
-            .iter()
-            .all(|r| r.engine.models().next().is_some())
+        self.runners.iter().all(|r| r.engine.ready())
     }
 
     /// Metric handles per model (for the once-a-second ticker).
@@ -254,6 +252,7 @@ impl Pipeline {
         let mut training = false;
         let mut last_latency = None;
         let mut last_error: HashMap<&str, f64> = HashMap::new();
+        let mut last_threshold: HashMap<&str, f64> = HashMap::new();
         let mut recent = Vec::new();
         let mut anomalies = Vec::new();
         for (k, o) in r.outcomes.iter().enumerate() {
@@ -306,6 +305,7 @@ impl Pipeline {
                     if r.kind == ModelKind::Autoencoder {
                         last_error.insert(ev.service.as_str(), s.score);
                     }
+                    last_threshold.insert(ev.service.as_str(), s.threshold);
                     if let Some(l) = ev.label {
                         r.confusion.record(s.flagged, l);
                     }
@@ -359,6 +359,25 @@ impl Pipeline {
                 })
                 .set(*e);
         }
+        for (service, t) in &last_threshold {
+            metrics
+                .threshold
+                .get_or_create_owned(&ModelService {
+                    model: model.to_string(),
+                    service: service.to_string(),
+                })
+                .set(*t);
+        }
+        if r.kind.is_streaming() && scored > 0 && r.info.is_none() {
+            // A streaming model exists from its first scored event.
+            let info = ModelInfo {
+                model: model.to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                trained_at: rfc3339(now),
+            };
+            metrics.model_info.get_or_create_owned(&info).set(1);
+            r.info = Some(info);
+        }
         if let Some(l) = last_latency {
             r.handles.latency.set(l);
         }
@@ -394,6 +413,9 @@ impl Pipeline {
             }
             if training && s.state == ModelState::Waiting {
                 s.state = ModelState::WarmingUp;
+            }
+            if scored > 0 {
+                s.state = ModelState::Scoring;
             }
             if let Some(p) = recent.last() {
                 s.threshold = Some(p.threshold);

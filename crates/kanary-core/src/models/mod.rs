@@ -3,4 +3,5 @@
 pub mod autoencoder;
 pub mod iforest;
 pub mod nn;
+pub mod novelty;
 pub mod zscore;

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use kanary_core::detector::ModelKind;
-use kanary_core::engine::EngineConfig;
 use kanary_core::simulate::Simulator;
 
 use crate::cli::DemoArgs;
@@ -44,13 +43,8 @@ async fn demo(args: DemoArgs) -> Result<()> {
     readiness.partitions_assigned.store(true, Ordering::Release);
     let configs = kinds
         .iter()
-        .map(|&k| {
-            let mut c = EngineConfig::new(args.opts.detector_config(k));
-            c.train_events = args.train;
-            c.features = args.opts.features.clone();
-            c
-        })
-        .collect();
+        .map(|&k| args.opts.engine_config(k, args.train))
+        .collect::<Result<Vec<_>>>()?;
     let pipeline = Pipeline::new(configs, metrics.clone(), live.clone());
     let handles = pipeline.handles();
 

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use kanary_core::engine::EngineConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
@@ -329,17 +328,12 @@ async fn serve(s: Settings, opts: ModelOpts) -> Result<()> {
     });
 
     // Models: a model file, or those saved by an earlier run, or fit on the stream.
-    let configs: Vec<EngineConfig> = s
+    let configs = s
         .models
         .0
         .iter()
-        .map(|&k| {
-            let mut c = EngineConfig::new(opts.detector_config(k));
-            c.train_events = s.train;
-            c.features = opts.features.clone();
-            c
-        })
-        .collect();
+        .map(|&k| opts.engine_config(k, s.train))
+        .collect::<Result<Vec<_>>>()?;
     let mut pipeline = Pipeline::new(configs, metrics.clone(), live.clone());
     std::fs::create_dir_all(&s.state_dir)
         .with_context(|| format!("cannot create state directory {}", s.state_dir.display()))?;

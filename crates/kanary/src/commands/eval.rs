@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use kanary_core::detector::ModelKind;
-use kanary_core::engine::{Engine, EngineConfig, Explain, Outcome};
+use kanary_core::engine::{Engine, Explain, Outcome};
 use kanary_core::eval::{Confusion, average_precision};
 use kanary_core::event::{Event, write_f64, write_json_str};
 use serde::Serialize;
@@ -94,9 +94,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let mut runs = Vec::new();
     for kind in models {
-        let mut cfg = EngineConfig::new(args.opts.detector_config(kind));
-        cfg.train_events = args.train;
-        cfg.features = args.opts.features.clone();
+        let mut cfg = args.opts.engine_config(kind, args.train)?;
         if scores_out.is_some() {
             cfg.explain = Explain::All;
         }

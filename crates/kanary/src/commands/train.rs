@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, Result, bail};
-use kanary_core::engine::{Engine, EngineConfig};
+use kanary_core::engine::Engine;
 use kanary_core::event::Event;
 use kanary_core::persist::ModelFile;
 
@@ -31,9 +31,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 .collect()
         }
     };
-    let mut cfg = EngineConfig::new(args.opts.detector_config(args.model));
-    cfg.features = args.opts.features.clone();
-    let mut engine = Engine::new(cfg);
+    let mut engine = Engine::new(args.opts.engine_config(args.model, 0)?);
     let now = modelio::now();
     let invalid = engine
         .fit_all(&events, now)
