@@ -102,6 +102,9 @@ struct Service {
     phase: Phase,
 }
 
+/// A service's training rows while a training file is read: its inputs, windows and rows.
+type TrainingSet = (Vec<String>, Option<WindowState>, Vec<f64>);
+
 /// Per-service models and their warm-up state.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -191,8 +194,7 @@ impl Engine {
     ) -> Result<HashMap<&'static str, u64>, (String, FitError)> {
         let mut invalid: HashMap<&'static str, u64> = HashMap::new();
         // Per service: inputs, window state, rows.
-        let mut by_service: HashMap<&str, (Vec<String>, Option<WindowState>, Vec<f64>)> =
-            HashMap::new();
+        let mut by_service: HashMap<&str, TrainingSet> = HashMap::new();
         let (mut raw, mut derived) = (Vec::new(), Vec::new());
         for ev in events {
             let inputs = self.inputs_for(ev);

@@ -16,7 +16,7 @@ pub struct StandardScaler {
 impl StandardScaler {
     /// Fits on `data` (row-major, `d` columns). With no rows, the identity transform.
     pub fn fit(data: &[f64], d: usize) -> Self {
-        let n = if d == 0 { 0 } else { data.len() / d };
+        let n = data.len().checked_div(d).unwrap_or(0);
         let mut mean = vec![0.0; d];
         let mut m2 = vec![0.0; d];
         // Welford's algorithm: stable for large offsets (timestamps, memory in bytes).

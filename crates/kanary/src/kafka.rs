@@ -47,14 +47,12 @@ pub async fn ensure_topic(base: &ClientConfig, topic: &str, partitions: i32) -> 
         )
         .await
         .with_context(|| format!("cannot create topic `{topic}`"))?;
-    for r in results {
-        match r {
-            Ok(_) => return Ok(true),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => return Ok(false),
-            Err((t, e)) => bail!("cannot create topic `{t}`: {e}"),
-        }
+    // One topic was asked for: one result.
+    match results.into_iter().next() {
+        Some(Ok(_)) => Ok(true),
+        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) | None => Ok(false),
+        Some(Err((t, e))) => bail!("cannot create topic `{t}`: {e}"),
     }
-    Ok(false)
 }
 
 #[cfg(test)]

@@ -110,7 +110,7 @@ impl Autoencoder {
     /// Trains on `data` (row-major standardised rows, `dim` columns), deterministically from
     /// `seed`.
     pub fn fit(data: &[f64], dim: usize, p: &AeParams, seed: u64) -> Result<Self, AeError> {
-        let n = if dim == 0 { 0 } else { data.len() / dim };
+        let n = data.len().checked_div(dim).unwrap_or(0);
         if n < 2 {
             return Err(AeError::TooFewRows(n));
         }

@@ -103,9 +103,7 @@ impl Node {
     /// 1 inside the range and at pass-through nodes.
     #[inline(always)]
     fn stay_divisor(&self, v: f32) -> f32 {
-        ((v - self.mid).abs() * self.inv_width + 0.5)
-            .max(1.0)
-            .min(MAX_STAY_DIVISOR)
+        ((v - self.mid).abs() * self.inv_width + 0.5).clamp(1.0, MAX_STAY_DIVISOR)
     }
 }
 
@@ -165,7 +163,7 @@ impl IsolationForest {
         params: &IForestParams,
         seed: u64,
     ) -> Result<(Self, Vec<f64>), IForestError> {
-        let n = if dim == 0 { 0 } else { data.len() / dim };
+        let n = data.len().checked_div(dim).unwrap_or(0);
         if n < 2 {
             return Err(IForestError::TooFewRows(n));
         }

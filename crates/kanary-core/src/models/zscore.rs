@@ -21,7 +21,7 @@ pub struct RobustZ {
 impl RobustZ {
     /// Fits medians and MADs on `data` (row-major, `dim` columns); needs at least one row.
     pub fn fit(data: &[f64], dim: usize) -> Option<Self> {
-        let n = if dim == 0 { 0 } else { data.len() / dim };
+        let n = data.len().checked_div(dim).unwrap_or(0);
         if n == 0 {
             return None;
         }
