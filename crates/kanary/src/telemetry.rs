@@ -368,7 +368,7 @@ mod tests {
         }
         assert!(text.contains("reason=\"not_json\""));
         assert!(text.contains("# TYPE detector_true_positives_total counter\n"));
-        assert!(text.contains("# HELP detector_events_total "));
+        assert!(text.contains("# HELP detector_invalid_events_total "));
         assert!(!text.contains("# EOF"));
     }
 }
