@@ -13,7 +13,7 @@
 //! reads "5% beyond anything seen so far". Dividing by the stream's own record makes the ratio
 //! scale- and shift-free, so one threshold means the same on CPU percentages, byte counts and
 //! prices. After an alarm (`r ≥ alert`), `r` is capped at 1 for `cooldown` events, so one
-//! incident raises one alarm. The score is `r / (alert + r)` in [0, 1): it is 0.5 exactly at
+//! incident raises one alarm. The score is `r / (alert + r)` in [0, 1]: it is 0.5 exactly at
 //! the alarm level, which is therefore the threshold.
 //!
 //! The records learn from every event, alarms included (a deviation already seen is no longer
@@ -254,7 +254,7 @@ pub struct Novelty {
 /// One scored event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NoveltyScore {
-    /// `r / (alert + r)` in [0, 1); flagged at 0.5 and above.
+    /// `r / (alert + r)` in [0, 1]; flagged at 0.5 and above.
     pub score: f64,
     /// The record ratio.
     pub ratio: f64,
@@ -324,7 +324,7 @@ impl Novelty {
 
 /// The record-ratio normalisation of [`Novelty`] applied to any score stream: each score over
 /// the largest score of the previous `horizon` events, capped for `cooldown` events after an
-/// alarm, mapped to `r / (alert + r)` in [0, 1) (0.5 at the alarm level). Stable across streams
+/// alarm, mapped to `r / (alert + r)` in [0, 1] (0.5 at the alarm level). Stable across streams
 /// of any scale, which a fixed squashing of raw scores is not.
 #[derive(Debug, Clone)]
 pub struct RecordRatio {

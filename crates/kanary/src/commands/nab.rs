@@ -141,7 +141,7 @@ pub fn score_file(kind: ModelKind, f: &NabFile, args: &NabArgs) -> Result<Vec<f6
     let mut scores = Vec::with_capacity(events.len());
     for o in &outcomes {
         scores.push(match o {
-            // Streaming scores are already in [0, 1) with a fixed alarm level.
+            // Streaming scores are already in [0, 1] with a fixed alarm level.
             Outcome::Scored(s) if kind.is_streaming() => s.score,
             Outcome::Scored(s) => norm.update(Some(s.score)),
             Outcome::Training { error: Some(e), .. } => {

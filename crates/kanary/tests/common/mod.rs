@@ -294,26 +294,36 @@ pub fn produce(topic: &str, records: &[(String, Vec<u8>)]) {
     p.flush(Duration::from_secs(60)).expect("flush");
 }
 
-/// High watermark per partition.
+/// High watermark per partition. Right after a topic is created its partitions may have no
+/// leader for a moment: errors are retried for up to 20 s.
 pub fn end_offsets(topic: &str) -> HashMap<i32, i64> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", unique("probe"))
         .create()
         .unwrap();
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut out = HashMap::new();
-    for t in md.topics() {
-        for p in t.partitions() {
-            let (_, hi) = c
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                .unwrap();
-            out.insert(p.id(), hi);
+    let start = Instant::now();
+    loop {
+        let attempt = || -> rdkafka::error::KafkaResult<HashMap<i32, i64>> {
+            let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            let mut out = HashMap::new();
+            for t in md.topics() {
+                for p in t.partitions() {
+                    let (_, hi) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+                    out.insert(p.id(), hi);
+                }
+            }
+            Ok(out)
+        };
+        match attempt() {
+            Ok(out) => return out,
+            Err(e) if start.elapsed() < Duration::from_secs(20) => {
+                eprintln!("end offsets of {topic}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            Err(e) => panic!("cannot read the end offsets of {topic}: {e}"),
         }
     }
-    out
 }
 
 /// Number of messages in a topic (sum of high watermarks; topics here are never truncated).
