@@ -20,9 +20,9 @@ use kanary_core::threshold::ThresholdMethod;
     version,
     about = "Real-time anomaly detection for microservice telemetry",
     long_about = "kanary scores metric events as they stream through Apache Kafka with Isolation \
-                  Forest, autoencoder and robust z-score detectors, publishes anomalies to a \
-                  topic and exports Prometheus metrics.\n\nStart with `kanary demo`: the whole \
-                  pipeline in one process, no Kafka needed."
+                  Forest, autoencoder, robust z-score and streaming novelty detectors, publishes \
+                  anomalies to a topic, dead-letters bad input and exports Prometheus metrics.\n\n\
+                  Start with `kanary demo`: the whole pipeline in one process, no Kafka needed."
 )]
 pub struct Cli {
     /// Log filter (RUST_LOG syntax), e.g. `info` or `kanary=debug`.
@@ -364,8 +364,9 @@ pub struct NabArgs {
     /// NAB windows file (`labels/combined_windows.json` format).
     #[arg(long)]
     pub windows: PathBuf,
-    /// Detector(s), comma-separated.
-    #[arg(long, default_value = "if")]
+    /// Detector(s), comma-separated: novelty, if, ae, zscore. With several, results go to
+    /// `--results/<model>/`.
+    #[arg(long, default_value = "novelty")]
     pub model: ModelList,
     /// Directory for `<category>/<file>.csv` results.
     #[arg(long)]

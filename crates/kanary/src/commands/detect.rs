@@ -39,7 +39,7 @@ use crate::{commands, kafka, modelio};
 
 #[derive(Debug, Args)]
 pub struct DetectArgs {
-    /// Models to run, comma-separated (if, ae, zscore); they share one consumer.
+    /// Models to run, comma-separated (if, ae, zscore, novelty); they share one consumer.
     #[arg(long, env = "KANARY_MODEL")]
     pub model: Option<ModelList>,
     /// Kafka bootstrap servers.
