@@ -118,19 +118,30 @@ pub fn file_score(file: &ScoredFile, threshold: f64, p: &Profile) -> f64 {
             None => total -= p.fn_,
         }
     }
+    for (i, prev) in outside_windows(n, prob, &windows) {
+        if file.scores[i] >= threshold {
+            total += fp_cost(p, prev, i);
+        }
+    }
+    total
+}
+
+/// The rows from `prob` on that lie outside every window, each with the window before it.
+fn outside_windows(
+    n: usize,
+    prob: usize,
+    windows: &[Window],
+) -> impl Iterator<Item = (usize, Option<Window>)> + '_ {
     let mut wi = 0;
     let mut prev: Option<Window> = None;
-    for i in prob..n {
+    (prob..n).filter_map(move |i| {
         while wi < windows.len() && windows[wi].end < i {
             prev = Some(windows[wi]);
             wi += 1;
         }
         let inside = wi < windows.len() && windows[wi].start <= i;
-        if !inside && file.scores[i] >= threshold {
-            total += fp_cost(p, prev, i);
-        }
-    }
-    total
+        (!inside).then_some((i, prev))
+    })
 }
 
 /// Score of the detector that flags nothing.
@@ -193,17 +204,8 @@ pub fn optimize(files: &[ScoredFile], p: &Profile) -> Optimum {
                 credit = c;
             }
         }
-        let mut wi = 0;
-        let mut prev: Option<Window> = None;
-        for i in prob..n {
-            while wi < windows.len() && windows[wi].end < i {
-                prev = Some(windows[wi]);
-                wi += 1;
-            }
-            let inside = wi < windows.len() && windows[wi].start <= i;
-            if !inside {
-                events.push((f.scores[i], fp_cost(p, prev, i)));
-            }
+        for (i, prev) in outside_windows(n, prob, &windows) {
+            events.push((f.scores[i], fp_cost(p, prev, i)));
         }
     }
     events.sort_by(|a, b| b.0.total_cmp(&a.0));

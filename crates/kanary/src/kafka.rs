@@ -20,6 +20,23 @@ pub fn client_config(brokers: &str, opts: &[String]) -> Result<ClientConfig> {
     Ok(c)
 }
 
+/// Splits `a=1,b=2` into `a=1`, `b=2`; a comma-separated piece without `=` continues the
+/// previous value (`partition.assignment.strategy=range,roundrobin` stays whole).
+pub fn split_opts(s: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for piece in s.split(',') {
+        match out.last_mut() {
+            Some(prev) if !piece.contains('=') => {
+                prev.push(',');
+                prev.push_str(piece);
+            }
+            _ => out.push(piece.to_string()),
+        }
+    }
+    out.retain(|o| !o.trim().is_empty());
+    out
+}
+
 /// Splits `key=value`.
 pub fn parse_opt(o: &str) -> Result<(&str, &str)> {
     match o.split_once('=') {
@@ -73,6 +90,14 @@ mod tests {
         assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(c.get("sasl.mechanism"), Some("PLAIN"));
         assert!(client_config("b", &["nonsense".into()]).is_err());
+        assert_eq!(
+            split_opts("security.protocol=SASL_SSL,partition.assignment.strategy=range,roundrobin"),
+            [
+                "security.protocol=SASL_SSL",
+                "partition.assignment.strategy=range,roundrobin"
+            ]
+        );
+        assert_eq!(split_opts("a=1"), ["a=1"]);
         assert!(client_config("b", &["=x".into()]).is_err());
     }
 }

@@ -101,6 +101,43 @@ impl NoveltyParams {
     }
 }
 
+/// A value's ratio to its record: 0 for nothing, a large constant for the first change after
+/// a perfectly flat history.
+fn record_ratio(f: f64, record: f64) -> f64 {
+    if f <= EPS {
+        0.0
+    } else if record <= EPS {
+        FIRST_CHANGE
+    } else {
+        f / record
+    }
+}
+
+/// Warm-up, cooldown after an alarm, and the mapping of a ratio to a score.
+#[derive(Debug, Clone, Default)]
+struct Alarm {
+    cool_until: Option<u64>,
+}
+
+impl Alarm {
+    /// The score of event `i` with record ratio `r`: `r / (alert + r)`, 0 during warm-up,
+    /// the ratio capped at 1 for `cooldown` events after an alarm.
+    fn score(&mut self, p: &NoveltyParams, i: u64, mut r: f64) -> (f64, f64) {
+        if (i as usize) < p.warm {
+            r = 0.0;
+        }
+        match self.cool_until {
+            Some(c) if i <= c => r = r.min(1.0),
+            _ => {
+                if r >= p.alert {
+                    self.cool_until = Some(i + p.cooldown as u64);
+                }
+            }
+        }
+        (r / (p.alert + r), r)
+    }
+}
+
 /// Sliding maximum over the last `horizon` events (monotone deque).
 #[derive(Debug, Clone, Default)]
 struct SlidingMax {
@@ -248,7 +285,7 @@ pub struct Novelty {
     params: NoveltyParams,
     columns: Vec<Column>,
     i: u64,
-    cool_until: Option<u64>,
+    alarm: Alarm,
 }
 
 /// One scored event.
@@ -269,7 +306,7 @@ impl Novelty {
             params,
             columns: cols,
             i: 0,
-            cool_until: None,
+            alarm: Alarm::default(),
         }
     }
 
@@ -286,37 +323,21 @@ impl Novelty {
         let mut column_ratios = Vec::with_capacity(x.len());
         for (col, &v) in self.columns.iter_mut().zip(x) {
             let f = col.features(p, i, t, v);
-            let mut best = 0.0f64;
-            for (rec, &fj) in col.records.iter().zip(&f) {
-                let m = rec.max();
-                let q = if fj <= EPS {
-                    0.0
-                } else if m <= EPS {
-                    FIRST_CHANGE
-                } else {
-                    fj / m
-                };
-                best = best.max(q);
-            }
+            let best = col
+                .records
+                .iter()
+                .zip(&f)
+                .map(|(rec, &fj)| record_ratio(fj, rec.max()))
+                .fold(0.0f64, f64::max);
             col.push(p, i, t, v, &f);
             column_ratios.push(best);
             r = r.max(best);
         }
-        if (i as usize) < p.warm {
-            r = 0.0;
-        }
-        match self.cool_until {
-            Some(c) if i <= c => r = r.min(1.0),
-            _ => {
-                if r >= p.alert {
-                    self.cool_until = Some(i + p.cooldown as u64);
-                }
-            }
-        }
+        let (score, ratio) = self.alarm.score(p, i, r);
         self.i += 1;
         NoveltyScore {
-            score: r / (p.alert + r),
-            ratio: r,
+            score,
+            ratio,
             column_ratios,
         }
     }
@@ -331,7 +352,7 @@ pub struct RecordRatio {
     params: NoveltyParams,
     record: SlidingMax,
     i: u64,
-    cool_until: Option<u64>,
+    alarm: Alarm,
 }
 
 impl RecordRatio {
@@ -340,7 +361,7 @@ impl RecordRatio {
             params,
             record: SlidingMax::default(),
             i: 0,
-            cool_until: None,
+            alarm: Alarm::default(),
         }
     }
 
@@ -352,27 +373,9 @@ impl RecordRatio {
         let Some(s) = score.filter(|s| s.is_finite()) else {
             return 0.0;
         };
-        let m = self.record.max();
-        let mut r = if s <= EPS {
-            0.0
-        } else if m <= EPS {
-            FIRST_CHANGE
-        } else {
-            s / m
-        };
+        let r = record_ratio(s, self.record.max());
         self.record.push(i, s.max(0.0), p.horizon);
-        if (i as usize) < p.warm {
-            r = 0.0;
-        }
-        match self.cool_until {
-            Some(c) if i <= c => r = r.min(1.0),
-            _ => {
-                if r >= p.alert {
-                    self.cool_until = Some(i + p.cooldown as u64);
-                }
-            }
-        }
-        r / (p.alert + r)
+        self.alarm.score(p, i, r).0
     }
 }
 

@@ -74,14 +74,11 @@ pub struct DetectArgs {
     /// Largest batch taken from the consumer at once [default: 2000].
     #[arg(long, env = "KANARY_BATCH_SIZE")]
     pub batch_size: Option<usize>,
-    /// librdkafka property `key=value`, passed through (repeatable; the environment variable
-    /// takes a comma-separated list), e.g. security.protocol=SASL_SSL.
-    #[arg(
-        long = "kafka-opt",
-        env = "KANARY_KAFKA_OPT",
-        value_delimiter = ',',
-        value_name = "KEY=VALUE"
-    )]
+    /// librdkafka property `key=value`, passed through (repeatable), e.g.
+    /// security.protocol=SASL_SSL. One value may hold several, comma-separated
+    /// (`a=1,b=2`, handy in the environment variable); a comma not followed by `key=` belongs
+    /// to the value (`partition.assignment.strategy=range,roundrobin`).
+    #[arg(long = "kafka-opt", env = "KANARY_KAFKA_OPT", value_name = "KEY=VALUE")]
     pub kafka_opts: Vec<String>,
     /// TOML configuration file (flags and environment variables take precedence).
     #[arg(long, env = "KANARY_CONFIG")]
@@ -125,7 +122,7 @@ impl Settings {
         };
         let names: Vec<&str> = models.0.iter().map(|m| m.name()).collect();
         let mut kafka_opts = file.kafka_opts();
-        kafka_opts.extend(a.kafka_opts.iter().cloned());
+        kafka_opts.extend(a.kafka_opts.iter().flat_map(|o| kafka::split_opts(o)));
         for o in &kafka_opts {
             kafka::parse_opt(o)?;
         }

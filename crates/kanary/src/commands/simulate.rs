@@ -106,7 +106,12 @@ async fn produce(
     sim: &mut Simulator,
     realtime: bool,
 ) -> Result<()> {
-    let mut cfg = kafka::client_config(brokers, &args.kafka_opts)?;
+    let opts: Vec<String> = args
+        .kafka_opts
+        .iter()
+        .flat_map(|o| kafka::split_opts(o))
+        .collect();
+    let mut cfg = kafka::client_config(brokers, &opts)?;
     if kafka::ensure_topic(&cfg, &args.topic, args.partitions).await? {
         tracing::info!(topic = %args.topic, partitions = args.partitions, "created topic");
     }
