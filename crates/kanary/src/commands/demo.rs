@@ -134,11 +134,11 @@ async fn demo(args: DemoArgs) -> Result<()> {
     let started = Instant::now();
     let mut iv = tokio::time::interval(Duration::from_secs(1));
     iv.tick().await;
-    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut shutdown = std::pin::pin!(commands::shutdown_signal());
     loop {
         tokio::select! {
             _ = iv.tick() => {}
-            _ = &mut ctrl_c => break,
+            _ = &mut shutdown => break,
         }
         live.tick(&handles);
         if !args.quiet {

@@ -438,7 +438,7 @@ async fn serve(s: Settings, opts: ModelOpts) -> Result<()> {
     // Signals.
     let sig_shared = shared.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        commands::shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight work");
         sig_shared.stop();
     });
@@ -497,28 +497,6 @@ async fn serve(s: Settings, opts: ModelOpts) -> Result<()> {
 
 fn state_file(dir: &Path, model: &str) -> PathBuf {
     dir.join(format!("{model}.kanary"))
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// Stage 1: poll the consumer into batches until shutdown. A batch is whatever is ready once

@@ -3,6 +3,8 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -132,16 +134,23 @@ async fn produce(
     let (mut sent, mut failed) = (0u64, 0u64);
     let started = Instant::now();
     let mut last_report = Instant::now();
-    let mut shutdown = std::pin::pin!(tokio::signal::ctrl_c());
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        commands::shutdown_signal().await;
+        flag.store(true, Ordering::Release);
+    });
     loop {
         if args.count != 0 && sent >= args.count {
             break;
         }
+        if stop.load(Ordering::Acquire) {
+            tracing::info!("interrupted: flushing what was sent");
+            break;
+        }
         if let Some(d) = pacer.delay(sent) {
-            tokio::select! {
-                _ = tokio::time::sleep(d) => {}
-                _ = &mut shutdown => { tracing::info!("interrupted"); break; }
-            }
+            tokio::time::sleep(d.min(Duration::from_millis(100))).await;
+            continue;
         }
         let ev = next(sim, realtime);
         line.clear();
