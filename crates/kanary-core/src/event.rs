@@ -226,6 +226,20 @@ pub fn write_f64(out: &mut String, v: f64) {
     }
 }
 
+/// Writes `{"name": value, ...}` for parallel slices of names and values.
+pub fn write_json_object(out: &mut String, names: &[String], values: &[f64]) {
+    out.push('{');
+    for (i, (k, v)) in names.iter().zip(values).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_json_str(out, k);
+        out.push(':');
+        write_f64(out, *v);
+    }
+    out.push('}');
+}
+
 /// Writes `s` as a JSON string literal.
 pub fn write_json_str(out: &mut String, s: &str) {
     out.push('"');

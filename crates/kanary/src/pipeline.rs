@@ -10,7 +10,7 @@ use std::sync::Arc;
 use kanary_core::detector::{FittedDetector, ModelKind};
 use kanary_core::engine::{Engine, EngineConfig, Outcome};
 use kanary_core::eval::Confusion;
-use kanary_core::event::{Event, write_f64, write_json_str};
+use kanary_core::event::{Event, write_f64, write_json_object, write_json_str};
 use kanary_core::persist::ModelFile;
 use prometheus_client::metrics::counter::Counter;
 
@@ -456,25 +456,11 @@ pub fn anomaly_json(
     write_f64(&mut o, s.score);
     o.push_str(",\"threshold\":");
     write_f64(&mut o, s.threshold);
-    o.push_str(",\"features\":{");
-    for (i, (f, v)) in s.features.iter().zip(&s.values).enumerate() {
-        if i > 0 {
-            o.push(',');
-        }
-        write_json_str(&mut o, f);
-        o.push(':');
-        write_f64(&mut o, *v);
-    }
-    o.push_str("},\"contributions\":{");
-    for (i, (f, c)) in s.features.iter().zip(&s.contributions).enumerate() {
-        if i > 0 {
-            o.push(',');
-        }
-        write_json_str(&mut o, f);
-        o.push(':');
-        write_f64(&mut o, *c);
-    }
-    o.push_str("},\"label\":");
+    o.push_str(",\"features\":");
+    write_json_object(&mut o, &s.features, &s.values);
+    o.push_str(",\"contributions\":");
+    write_json_object(&mut o, &s.features, &s.contributions);
+    o.push_str(",\"label\":");
     o.push_str(match ev.label {
         Some(true) => "1",
         Some(false) => "0",

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use kanary_core::detector::ModelKind;
 use kanary_core::engine::{Engine, Explain, Outcome};
 use kanary_core::eval::{Confusion, average_precision};
-use kanary_core::event::{Event, write_f64, write_json_str};
+use kanary_core::event::{Event, write_f64, write_json_object, write_json_str};
 use serde::Serialize;
 
 use crate::cli::EvalArgs;
@@ -257,16 +257,9 @@ fn score_line(out: &mut String, ev: &Event, kind: ModelKind, s: &kanary_core::Sc
         out.push_str(",\"anomaly\":");
         write_json_str(out, a);
     }
-    out.push_str(",\"contributions\":{");
-    for (i, (f, c)) in s.features.iter().zip(&s.contributions).enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        write_json_str(out, f);
-        out.push(':');
-        write_f64(out, *c);
-    }
-    out.push_str("}}\n");
+    out.push_str(",\"contributions\":");
+    write_json_object(out, &s.features, &s.contributions);
+    out.push_str("}\n");
 }
 
 fn progress_bar(len: u64, label: &str) -> indicatif::ProgressBar {
