@@ -36,6 +36,8 @@ POM="$SCRIPT_DIR/kafka/pom.xml"
 
 log() { printf 'kafka.sh: %s\n' "$*" >&2; }
 die() { printf 'kafka.sh: error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source-path=SCRIPTDIR source=lib/stop.sh
+. "$SCRIPT_DIR/lib/stop.sh"
 
 KAFKA_PORT=${KAFKA_PORT:-9092}
 [[ $KAFKA_PORT =~ ^[0-9]+$ ]] || die "KAFKA_PORT must be a port number, got '$KAFKA_PORT'"
@@ -382,20 +384,7 @@ stop_broker() {
         fi
         return 0
     fi
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + KAFKA_STOP_TIMEOUT))
-    while broker_pid >/dev/null && ((SECONDS < deadline)); do
-        sleep 0.2
-    done
-    if broker_pid >/dev/null; then
-        log "broker (pid $pid) still running after ${KAFKA_STOP_TIMEOUT}s; sending KILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        deadline=$((SECONDS + 10))
-        while broker_pid >/dev/null && ((SECONDS < deadline)); do
-            sleep 0.2
-        done
-        broker_pid >/dev/null && die "could not stop the broker (pid $pid)"
-    fi
+    terminate broker "$pid" "$KAFKA_STOP_TIMEOUT" broker_pid
     rm -f "$PID_FILE"
     log "stopped (pid $pid)"
 }

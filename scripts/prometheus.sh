@@ -24,6 +24,8 @@ REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd -P)
 
 log() { printf 'prometheus.sh: %s\n' "$*" >&2; }
 die() { printf 'prometheus.sh: error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source-path=SCRIPTDIR source=lib/stop.sh
+. "$SCRIPT_DIR/lib/stop.sh"
 
 PROM_PORT=${PROM_PORT:-9090}
 PROM_DATA=${PROM_DATA:-$REPO_ROOT/target/prometheus}
@@ -125,20 +127,7 @@ stop_server() {
         fi
         return 0
     fi
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + PROM_STOP_TIMEOUT))
-    while server_pid >/dev/null && ((SECONDS < deadline)); do
-        sleep 0.2
-    done
-    if server_pid >/dev/null; then
-        log "prometheus (pid $pid) still running after ${PROM_STOP_TIMEOUT}s; sending KILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        deadline=$((SECONDS + 10))
-        while server_pid >/dev/null && ((SECONDS < deadline)); do
-            sleep 0.2
-        done
-        server_pid >/dev/null && die "could not stop prometheus (pid $pid)"
-    fi
+    terminate prometheus "$pid" "$PROM_STOP_TIMEOUT" server_pid
     rm -f "$PID_FILE"
     rm -rf "$TSDB"
     log "stopped (pid $pid)"
