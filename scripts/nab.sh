@@ -1,30 +1,50 @@
 #!/usr/bin/env bash
 # Every kanary detector on the Numenta Anomaly Benchmark, all three profiles.
 #
-#   scripts/nab.sh --data NAB_DIR [--kanary BIN] [--out DIR] [--check]
+#   scripts/nab.sh [--data NAB_DIR] [--kanary BIN] [--out DIR] [--check]
 #
-# NAB_DIR holds data/<category>/<file>.csv and labels/windows.json (the shared corpus is not
-# shipped with kanary). Results go to DIR/<model>/<category>/<file>.csv and DIR/nab.json.
-# --check fails unless the best detector's standard score is at least 60.
+# NAB_DIR holds data/<category>/<file>.csv and labels/windows.json; default: the repository's
+# data/nab (the 41 files, MIT, see data/nab/LICENSE.txt). Results go to
+# DIR/<model>/<category>/<file>.csv and DIR/nab.json. --check fails unless the best detector's
+# standard score is at least 60.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KANARY="$ROOT/target/release/kanary"
 OUT="$ROOT/target/test-output/nab"
-DATA=""
+DATA="$ROOT/data/nab"
 CHECK=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    --kanary) KANARY="$2"; shift 2 ;;
-    --data) DATA="$2"; shift 2 ;;
-    --out) OUT="$2"; shift 2 ;;
+    --data|--kanary|--out)
+      [ $# -ge 2 ] && [ -n "$2" ] || { echo "nab.sh: $1 needs a value" >&2; exit 2; }
+      case "$1" in
+        --data) DATA="$2" ;;
+        --kanary) KANARY="$2" ;;
+        --out) OUT="$2" ;;
+      esac
+      shift 2 ;;
     --check) CHECK=1; shift ;;
     -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "nab.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-[ -n "$DATA" ] || { echo "nab.sh: --data NAB_DIR is required" >&2; exit 2; }
-[ -f "$DATA/labels/windows.json" ] || { echo "nab.sh: no $DATA/labels/windows.json" >&2; exit 1; }
-[ -x "$KANARY" ] || (cd "$ROOT" && cargo build --release -q -p kanary)
+[ -d "$DATA" ] || {
+  echo "nab.sh: NAB data folder $DATA does not exist (give --data NAB_DIR; the repository ships it as data/nab)" >&2
+  exit 1
+}
+[ -f "$DATA/labels/windows.json" ] || {
+  echo "nab.sh: $DATA is not a NAB data folder: no labels/windows.json in it" >&2
+  exit 1
+}
+[ -d "$DATA/data" ] || {
+  echo "nab.sh: $DATA is not a NAB data folder: no data/ (<category>/<file>.csv) in it" >&2
+  exit 1
+}
+if [ ! -x "$KANARY" ]; then
+  [ "$KANARY" = "$ROOT/target/release/kanary" ] \
+    || { echo "nab.sh: no kanary binary at $KANARY (--kanary BIN)" >&2; exit 1; }
+  (cd "$ROOT" && cargo build --release -q -p kanary)
+fi
 mkdir -p "$OUT"
 "$KANARY" nab --data "$DATA/data" --windows "$DATA/labels/windows.json" \
   --model novelty,if,ae,zscore --results "$OUT" --json | tee "$OUT/nab.json"

@@ -108,13 +108,12 @@ step "Isolation Forest parity with scikit-learn (scripts/iforest_parity.py)"
 python3 "$ROOT/scripts/iforest_parity.py" --kanary "$KANARY" --out "$OUT/parity"
 
 # --- 8. NAB ------------------------------------------------------------------------------------
-# The corpus is shared with the project, not shipped in it: KANARY_NAB_DATA, else ../shared
-# beside the checkout, else this workplace's shared folder.
-NAB_DATA="${KANARY_NAB_DATA:-}"
-for d in "$ROOT/../shared/data/nab" /work/shared/data/nab; do
-  [ -n "$NAB_DATA" ] || { [ -d "$d" ] && NAB_DATA="$d"; }
-done
-[ -n "$NAB_DATA" ] && [ -d "$NAB_DATA" ] || die "NAB data not found: set KANARY_NAB_DATA to the shared data/nab folder"
+# The 41 NAB files ship with the repository in data/nab (MIT, data/nab/LICENSE.txt);
+# KANARY_NAB_DATA points elsewhere (a folder with the same layout) if set.
+NAB_DATA="${KANARY_NAB_DATA:-$ROOT/data/nab}"
+[ -d "$NAB_DATA" ] || die "NAB data folder $NAB_DATA does not exist (it ships in the repository as data/nab; KANARY_NAB_DATA overrides it)"
+[ -f "$NAB_DATA/labels/windows.json" ] && [ -d "$NAB_DATA/data" ] \
+  || die "NAB data folder $NAB_DATA lacks labels/windows.json or data/ (expected data/<category>/<file>.csv and labels/windows.json)"
 step "Numenta Anomaly Benchmark ($NAB_DATA)"
 "$ROOT/scripts/nab.sh" --kanary "$KANARY" --data "$NAB_DATA" --out "$OUT/nab" --check
 

@@ -1,4 +1,4 @@
-"""NAB scorer (kanary research), following /work/shared/DESIGN.md "NAB scoring, in brief".
+"""NAB scorer (kanary research), following docs/evaluation.md "NAB scoring".
 
 Usage:
     python nab_score.py            # runs the sanity checks (null -> 0, perfect -> 100)
@@ -39,8 +39,11 @@ PROFILES = {
 }
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DATA_DIR = "/work/shared/data/nab/data"
-WINDOWS_FILE = "/work/shared/data/nab/labels/windows.json"
+# The NAB folder (data/<category>/<file>.csv, labels/windows.json): the repository's data/nab,
+# or the folder named by KANARY_NAB_DATA.
+NAB_DIR = os.environ.get("KANARY_NAB_DATA") or os.path.join(HERE, "..", "..", "data", "nab")
+DATA_DIR = os.path.join(NAB_DIR, "data")
+WINDOWS_FILE = os.path.join(NAB_DIR, "labels", "windows.json")
 
 
 def sigma(y):
@@ -66,6 +69,9 @@ def _parse_ts(s: str) -> np.datetime64:
 
 
 def load_corpus(data_dir: str = DATA_DIR, windows_file: str = WINDOWS_FILE) -> list[File]:
+    if not os.path.isfile(windows_file) or not os.path.isdir(data_dir):
+        raise SystemExit(f"NAB data not found: need {windows_file} and {data_dir} "
+                         "(the repository's data/nab; set KANARY_NAB_DATA to use another folder)")
     with open(windows_file) as f:
         wins = json.load(f)
     out = []

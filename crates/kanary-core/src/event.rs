@@ -1,6 +1,6 @@
 //! Metric events: parsing, validation and serialisation.
 //!
-//! One JSON object per message (see DESIGN.md). The thesis producer's flat form is accepted as
+//! One JSON object per message (see docs/events.md). The thesis producer's flat form is accepted as
 //! is: `{"ts": 1732550000.123, "latency": 101.2, "cpu": 35.1, "memory": 498.7, "label": 0}`.
 //! `ts` is required, `service` defaults to `"default"`, `label` (0/1) is optional ground truth,
 //! every other numeric field is a feature and string fields are metadata.

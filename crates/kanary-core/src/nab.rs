@@ -1,4 +1,4 @@
-//! Numenta Anomaly Benchmark scoring, written from its description (DESIGN.md).
+//! Numenta Anomaly Benchmark scoring, written from its description (docs/evaluation.md).
 //!
 //! Each data file is scored row by row with a score in [0, 1]; a row is a detection when its
 //! score is at or above a threshold. The first 15% of a file (at most 750 rows) is probation

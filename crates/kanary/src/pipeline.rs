@@ -433,7 +433,7 @@ impl Pipeline {
     }
 }
 
-/// The anomaly record of DESIGN.md: `{"ts","detected_at","service","model","score",
+/// The anomaly record (docs/events.md): `{"ts","detected_at","service","model","score",
 /// "threshold","features","contributions","label","partition","offset"}`.
 pub fn anomaly_json(
     ev: &Event,

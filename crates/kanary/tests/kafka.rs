@@ -30,9 +30,9 @@ fn all_committed(group: &str, topic: &str) -> bool {
         .all(|(p, hi)| *hi == 0 || got.get(p).copied() == Some(*hi))
 }
 
-/// The metric families of DESIGN.md, as Prometheus exposes them (histograms by their
+/// The metric families of docs/metrics.md, as Prometheus exposes them (histograms by their
 /// `_count` series).
-const DESIGN_METRICS: &[&str] = &[
+const DOCUMENTED_METRICS: &[&str] = &[
     "detector_latency_seconds",
     "detector_throughput_mps",
     "detector_anomalies_total",
@@ -240,7 +240,7 @@ fn end_to_end_counts_match_eval_and_prometheus_scrapes_both() {
         },
     );
     let mut missing = Vec::new();
-    for name in DESIGN_METRICS {
+    for name in DOCUMENTED_METRICS {
         for model in ["if", "ae"] {
             if *name == "detector_reconstruction_error" && model == "if" {
                 continue; // an autoencoder-only gauge, as in the thesis
