@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::features::{StandardScaler, WindowSpec};
 use crate::models::autoencoder::{AeParams, Autoencoder};
 use crate::models::iforest::{IForestParams, IsolationForest};
-use crate::models::novelty::NoveltyParams;
+use crate::models::novelty::{Novelty, NoveltyParams};
 use crate::models::zscore::RobustZ;
+use crate::streaming::StreamingDetector;
 use crate::threshold::{ThresholdError, ThresholdMethod};
 
 /// A fitted anomaly-scoring model over standardised feature rows.
@@ -148,6 +149,15 @@ impl DetectorConfig {
             threshold: None,
             seed: 0,
             robust: true,
+        }
+    }
+
+    /// A fresh streaming model over `dim` columns, for streaming kinds (`None` for fitted
+    /// ones).
+    pub fn new_streaming(&self, dim: usize) -> Option<Box<dyn StreamingDetector>> {
+        match self.kind {
+            ModelKind::Novelty => Some(Box::new(Novelty::new(self.novelty.clone(), dim))),
+            ModelKind::IForest | ModelKind::Autoencoder | ModelKind::ZScore => None,
         }
     }
 

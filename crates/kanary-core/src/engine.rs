@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::detector::{DetectorConfig, FitError, FittedDetector, MIN_TRAIN_ROWS};
 use crate::event::{Event, EventError};
 use crate::features::{WindowSpec, WindowState};
-use crate::models::novelty::{Novelty, NoveltyParams};
+use crate::streaming::StreamingDetector;
 
 /// When to compute per-feature contributions of a scored event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -72,6 +72,10 @@ pub struct Scored {
     pub score: f64,
     pub threshold: f64,
     pub flagged: bool,
+    /// The event starts an alarm: the service publishes one anomaly record for it. Every
+    /// flagged event of a fitted model starts one; a streaming model with an alarm hold flags
+    /// every event while the alarm lasts but starts it once.
+    pub alarm_start: bool,
     /// Names of the model's input columns.
     pub features: Arc<[String]>,
     /// The model's input row (before standardisation), with the contributions (per
@@ -89,7 +93,7 @@ enum Phase {
     Ready(Arc<FittedDetector>),
     /// A streaming model's state: scores from the first event, learns from every one.
     Streaming {
-        model: Box<Novelty>,
+        model: Box<dyn StreamingDetector>,
         names: Arc<[String]>,
     },
 }
@@ -185,7 +189,28 @@ impl Engine {
             .unwrap_or_else(|| ev.feature_names())
     }
 
-    /// Fits one model per service on `events` (a training set), replacing existing ones.
+    /// A new service's first phase: collecting training rows, or a fresh streaming model.
+    fn new_phase(&self, inputs: &[String]) -> Phase {
+        let names: Vec<String> = match &self.cfg.window {
+            Some(w) => w.names(inputs),
+            None => inputs.to_vec(),
+        };
+        match self.cfg.detector.new_streaming(names.len()) {
+            Some(model) => Phase::Streaming {
+                model,
+                names: names.into(),
+            },
+            None => Phase::Warming { rows: Vec::new() },
+        }
+    }
+
+    /// Whether the configured model is a streaming one.
+    pub fn is_streaming(&self) -> bool {
+        self.cfg.detector.kind.is_streaming()
+    }
+
+    /// Fits one model per service on `events` (a training set), replacing existing ones; a
+    /// streaming model learns from them instead, without judging them.
     /// Invalid events are skipped and counted in the returned map by reason.
     pub fn fit_all(
         &mut self,
@@ -193,6 +218,10 @@ impl Engine {
         trained_at: f64,
     ) -> Result<HashMap<&'static str, u64>, (String, FitError)> {
         let mut invalid: HashMap<&'static str, u64> = HashMap::new();
+        if self.is_streaming() {
+            self.learn_all(events, &mut invalid);
+            return Ok(invalid);
+        }
         // Per service: inputs, window state, rows.
         let mut by_service: HashMap<&str, TrainingSet> = HashMap::new();
         let (mut raw, mut derived) = (Vec::new(), Vec::new());
@@ -225,6 +254,54 @@ impl Engine {
             self.insert_model(service, m);
         }
         Ok(invalid)
+    }
+
+    /// Streaming models: learns from every valid event in order, per service.
+    fn learn_all(&mut self, events: &[Event], invalid: &mut HashMap<&'static str, u64>) {
+        let (mut raw, mut derived) = (Vec::new(), Vec::new());
+        for ev in events {
+            if !self.services.contains_key(ev.service.as_str()) {
+                let inputs = self.inputs_for(ev);
+                if inputs.is_empty() {
+                    *invalid.entry("missing_feature").or_default() += 1;
+                    continue;
+                }
+                let window = self
+                    .cfg
+                    .window
+                    .clone()
+                    .map(|w| WindowState::new(w, inputs.len()));
+                let phase = self.new_phase(&inputs);
+                self.services.insert(
+                    ev.service.clone(),
+                    Service {
+                        inputs,
+                        window,
+                        phase,
+                    },
+                );
+            }
+            let svc = self
+                .services
+                .get_mut(ev.service.as_str())
+                .expect("inserted above");
+            if let Err(e) = ev.extract_into(&svc.inputs, &mut raw) {
+                *invalid.entry(e.reason()).or_default() += 1;
+                continue;
+            }
+            let row: &[f64] = match &mut svc.window {
+                Some(w) => {
+                    if !w.push(&raw, &mut derived) {
+                        continue;
+                    }
+                    &derived
+                }
+                None => &raw,
+            };
+            if let Phase::Streaming { model, .. } = &mut svc.phase {
+                model.learn(ev.ts, row);
+            }
+        }
     }
 
     /// Fits a detector on rows built from `inputs` (window features when configured).
@@ -275,21 +352,7 @@ impl Engine {
                     .window
                     .clone()
                     .map(|w| WindowState::new(w, inputs.len()));
-                let phase = if self.cfg.detector.kind.is_streaming() {
-                    let names: Vec<String> = match &self.cfg.window {
-                        Some(w) => w.names(&inputs),
-                        None => inputs.clone(),
-                    };
-                    Phase::Streaming {
-                        model: Box::new(Novelty::new(
-                            self.cfg.detector.novelty.clone(),
-                            names.len(),
-                        )),
-                        names: names.into(),
-                    }
-                } else {
-                    Phase::Warming { rows: Vec::new() }
-                };
+                let phase = self.new_phase(&inputs);
                 self.services.insert(
                     ev.service.clone(),
                     Service {
@@ -323,24 +386,19 @@ impl Engine {
             };
             match &mut svc.phase {
                 Phase::Streaming { model, names } => {
-                    let s = model.update(ev.ts, row);
-                    let threshold = NoveltyParams::THRESHOLD;
-                    let flagged = s.score >= threshold;
-                    let (values, contributions) = if flagged || self.cfg.explain == Explain::All {
-                        let total: f64 = s.column_ratios.iter().sum();
-                        let shares = s
-                            .column_ratios
-                            .iter()
-                            .map(|q| if total > 0.0 { q / total } else { 0.0 })
-                            .collect();
+                    let s = model.step(ev.ts, row);
+                    let (values, contributions) = if s.flagged || self.cfg.explain == Explain::All {
+                        let mut shares = vec![0.0; row.len()];
+                        model.contributions(&mut shares);
                         (row.to_vec(), shares)
                     } else {
                         (Vec::new(), Vec::new())
                     };
                     out.push(Outcome::Scored(Scored {
                         score: s.score,
-                        threshold,
-                        flagged,
+                        threshold: model.threshold(),
+                        flagged: s.flagged,
+                        alarm_start: s.alarm_start,
                         features: names.clone(),
                         values,
                         contributions,
@@ -424,6 +482,7 @@ impl Engine {
                     score,
                     threshold: m.threshold,
                     flagged,
+                    alarm_start: flagged,
                     features: m.features.clone(),
                     values,
                     contributions,

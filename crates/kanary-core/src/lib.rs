@@ -10,9 +10,12 @@
 //!   detector (features + scaler + model + threshold).
 //! - [`models`]: Isolation Forest, autoencoder (with its small neural-network library), robust
 //!   z-score.
+//! - [`streaming`]: the [`streaming::StreamingDetector`] trait of models that learn from the
+//!   stream one event at a time.
 //! - [`threshold`]: turning scores into decisions without labels.
 //! - [`engine`]: per-service warm-up, fitting and batch scoring of a stream.
-//! - [`eval`]: precision/recall/F1 and PR-AUC against labels; [`nab`]: NAB scoring.
+//! - [`eval`]: precision/recall/F1 and PR-AUC against labels; [`operator`]: incidents caught,
+//!   delay and false pages per service-day; [`nab`]: NAB scoring.
 //! - [`simulate`]: deterministic scenario generators.
 //! - [`persist`]: versioned model files.
 //! - [`rng`]: the seedable generator behind every random choice.
@@ -24,9 +27,11 @@ pub mod event;
 pub mod features;
 pub mod models;
 pub mod nab;
+pub mod operator;
 pub mod persist;
 pub mod rng;
 pub mod simulate;
+pub mod streaming;
 pub mod threshold;
 
 pub use detector::{Detector, DetectorConfig, FittedDetector, Model, ModelKind};

@@ -1,4 +1,4 @@
-//! The command line (stable: scripts and users depend on it; see DESIGN.md).
+//! The command line (stable: scripts and users depend on it; see docs/cli.md).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -288,7 +288,7 @@ pub struct SimulateArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// JSONL file of events to replay.
+    /// JSONL file of events to replay (`.jsonl.gz` is read directly).
     #[arg(long)]
     pub input: PathBuf,
     /// Models to evaluate, comma-separated: if, ae, zscore, novelty.
@@ -297,7 +297,8 @@ pub struct EvalArgs {
     /// Fit each service's model on its first N events (they are not scored).
     #[arg(long, default_value_t = 1000)]
     pub train: usize,
-    /// Fit on this JSONL file instead; every event of --input is then scored.
+    /// Fit on this JSONL file (`.jsonl` or `.jsonl.gz`) instead; every event of --input is
+    /// then scored. Streaming models learn from its events without judging them.
     #[arg(long, conflicts_with = "model_file")]
     pub train_file: Option<PathBuf>,
     /// Use the models of this model file (from `kanary train` or `kanary detect`); every event
@@ -310,9 +311,17 @@ pub struct EvalArgs {
     /// Write a self-contained HTML report comparing the models.
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Print one JSON line per model instead of a table.
+    /// Print one JSON line per model instead of a table (with a `services` array: the same
+    /// figures per service).
     #[arg(long)]
     pub json: bool,
+    /// An incident counts as caught early when its first flag comes at most N events after its
+    /// start.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub early: usize,
+    /// Also print a table per service (text output).
+    #[arg(long)]
+    pub per_service: bool,
     #[command(flatten)]
     pub opts: ModelOpts,
 }

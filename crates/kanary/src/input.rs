@@ -1,8 +1,8 @@
-//! Reading JSONL event files.
+//! Reading JSONL event files, plain or gzip-compressed (`.gz`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -17,9 +17,18 @@ pub struct EventFile {
 }
 
 /// Reads every line of a JSONL file; bad lines are counted, not fatal. Blank lines are skipped.
+/// A file whose name ends in `.gz` is decompressed on the fly.
 pub fn read_events(path: &Path) -> Result<EventFile> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let gz = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gz"));
+    let source: Box<dyn Read> = if gz {
+        Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)))
+    } else {
+        Box::new(file)
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, source);
     let mut out = EventFile {
         events: Vec::new(),
         invalid: BTreeMap::new(),

@@ -71,12 +71,12 @@ svg text {{ fill: var(--muted); font-size: 11px; }}
     );
 
     // Summary table.
-    h.push_str("<h2>Models</h2><div class=\"card\"><table><thead><tr><th>model</th><th>scored</th><th>tp</th><th>fp</th><th>fn</th><th>precision</th><th>recall</th><th>F1</th><th>PR-AUC</th><th>events/s</th></tr></thead><tbody>");
+    h.push_str("<h2>Models</h2><div class=\"card\"><table><thead><tr><th>model</th><th>scored</th><th>tp</th><th>fp</th><th>fn</th><th>precision</th><th>recall</th><th>F1</th><th>PR-AUC</th><th>incidents</th><th>caught</th><th>early</th><th>median delay</th><th>false pages / service-day</th><th>normal flagged</th><th>events/s</th></tr></thead><tbody>");
     for (i, r) in runs.iter().enumerate() {
         let s = &r.summary;
         let _ = write!(
             h,
-            "<tr><td><span class=\"swatch\" style=\"background:{c}\"></span>{m}</td><td>{sc}</td><td>{tp}</td><td>{fp}</td><td>{fn_}</td><td>{p}</td><td>{rc}</td><td><b>{f1}</b></td><td>{auc}</td><td>{eps:.0}</td></tr>",
+            "<tr><td><span class=\"swatch\" style=\"background:{c}\"></span>{m}</td><td>{sc}</td><td>{tp}</td><td>{fp}</td><td>{fn_}</td><td>{p}</td><td>{rc}</td><td><b>{f1}</b></td><td>{auc}</td><td>{inc}</td><td><b>{caught}</b></td><td><b>{early}</b></td><td>{delay}</td><td><b>{pages}</b></td><td>{normal}</td><td>{eps:.0}</td></tr>",
             c = COLOURS[i % COLOURS.len()],
             m = esc(&s.model),
             sc = s.scored,
@@ -87,10 +87,48 @@ svg text {{ fill: var(--muted); font-size: 11px; }}
             rc = fmt_opt(s.recall),
             f1 = fmt_opt(s.f1),
             auc = fmt_opt(s.pr_auc),
+            inc = s.operator.incidents,
+            caught = fmt_opt(s.operator.caught),
+            early = fmt_opt(s.operator.early),
+            delay = fmt_opt(s.operator.median_delay),
+            pages = fmt_opt(s.operator.false_pages_per_day),
+            normal = fmt_opt(s.operator.normal_flagged),
             eps = s.events_per_sec,
         );
     }
-    h.push_str("</tbody></table></div>");
+    h.push_str("</tbody></table>");
+    let _ = write!(
+        h,
+        "<p class=\"muted\">An incident is a run of labelled events; early: first flag at most {} events after its start; false flags at most 6 events apart are one alarm, paging once per started 12 events.</p>",
+        runs.first().map_or(3, |r| r.summary.early_within)
+    );
+    for r in runs {
+        let s = &r.summary;
+        let _ = write!(
+            h,
+            "<details><summary>{m}: per service</summary><table><thead><tr><th>service</th><th>scored</th><th>incidents</th><th>caught</th><th>early</th><th>median delay</th><th>false pages / day</th><th>normal flagged</th><th>F1</th><th>PR-AUC</th></tr></thead><tbody>",
+            m = esc(&s.model)
+        );
+        for v in &s.services {
+            let o = &v.operator;
+            let _ = write!(
+                h,
+                "<tr class=\"svc\"><td>{n}</td><td>{sc}</td><td>{i}</td><td>{c}</td><td>{e}</td><td>{d}</td><td>{p}</td><td>{nf}</td><td>{f1}</td><td>{a}</td></tr>",
+                n = esc(&v.service),
+                sc = v.scored,
+                i = o.incidents,
+                c = fmt_opt(o.caught),
+                e = fmt_opt(o.early),
+                d = fmt_opt(o.median_delay),
+                p = fmt_opt(o.false_pages_per_day),
+                nf = fmt_opt(o.normal_flagged),
+                f1 = fmt_opt(v.f1),
+                a = fmt_opt(v.pr_auc),
+            );
+        }
+        h.push_str("</tbody></table></details>");
+    }
+    h.push_str("</div>");
 
     // PR curves.
     h.push_str("<h2>Precision–recall curves</h2><div class=\"card\">");

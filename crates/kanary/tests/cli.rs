@@ -338,3 +338,104 @@ fn helpful_errors_for_missing_settings_and_bad_input_files() {
     assert_eq!(v[0]["invalid"]["not_json"], 1);
     assert_eq!(v[0]["invalid"]["missing_ts"], 1);
 }
+
+/// Two services at 5-minute steps: a noisy level with two labelled incidents (large jumps of
+/// 5 and 20 events) in `a`, and nothing labelled in `b`.
+fn operator_stream(days: usize, with_incidents: bool) -> String {
+    let mut out = String::new();
+    let n = days * 288;
+    for i in 0..n {
+        for (k, svc) in ["a", "b"].iter().enumerate() {
+            // Deterministic noise in [0, 1).
+            let wiggle = ((i as u64 * 2_654_435_761 + k as u64 * 97) % 1000) as f64 / 1000.0;
+            let incident = with_incidents
+                && *svc == "a"
+                && ((n - 200..n - 195).contains(&i) || (n - 100..n - 80).contains(&i));
+            let v = if incident { 50.0 } else { 10.0 + wiggle };
+            let label = if with_incidents {
+                format!(",\"label\":{}", u8::from(incident))
+            } else {
+                String::new()
+            };
+            out.push_str(&format!(
+                "{{\"ts\":{},\"service\":\"{svc}\",\"v\":{v},\"w\":{}{label}}}\n",
+                1_600_000_000 + i * 300,
+                5.0 + wiggle
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn eval_reports_operator_metrics_per_service_and_reads_gzip() {
+    use std::io::Write;
+    let dir = out_dir("operator");
+    let train = dir.join("train.jsonl.gz");
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&train).unwrap(),
+        flate2::Compression::fast(),
+    );
+    gz.write_all(operator_stream(2, false).as_bytes()).unwrap();
+    gz.finish().unwrap();
+    let test = dir.join("test.jsonl");
+    std::fs::write(&test, operator_stream(2, true)).unwrap();
+    for model in ["zscore", "novelty"] {
+        let lines = eval_json(&[
+            "--input",
+            test.to_str().unwrap(),
+            "--train-file",
+            train.to_str().unwrap(),
+            "--model",
+            model,
+        ]);
+        let s = &lines[0];
+        assert_eq!(
+            s["scored"],
+            2 * 2 * 288,
+            "{model}: every test event is scored"
+        );
+        assert_eq!(s["incidents"], 2, "{model}");
+        assert_eq!(s["caught"], 1.0, "{model}: {s}");
+        if model == "zscore" {
+            // A jump of 40 standard deviations is flagged at once.
+            assert_eq!(s["early"], 1.0, "{s}");
+            assert_eq!(s["median_delay"], 0.0, "{s}");
+        }
+        assert_eq!(s["early_within"], 3);
+        assert!(
+            s["false_pages_per_day"].as_f64().unwrap() < 1.0,
+            "{model}: {s}"
+        );
+        // Two days per service at 300 s steps.
+        assert!(
+            (s["service_days"].as_f64().unwrap() - 4.0).abs() < 0.01,
+            "{s}"
+        );
+        let services = s["services"].as_array().unwrap();
+        assert_eq!(services.len(), 2);
+        assert_eq!(services[0]["service"], "a");
+        assert_eq!(services[0]["incidents"], 2);
+        assert_eq!(services[1]["incidents"], 0);
+        assert!(services[1]["caught"].is_null());
+    }
+    // The text table names the operator columns; --per-service adds a row per service.
+    let text = kanary(&[
+        "eval",
+        "--input",
+        test.to_str().unwrap(),
+        "--train",
+        "100",
+        "--model",
+        "zscore",
+        "--per-service",
+        "--early",
+        "5",
+    ]);
+    assert!(
+        text.contains("caught") && text.contains("pages/d") && text.contains("<=5"),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with("a ")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("b ")), "{text}");
+}

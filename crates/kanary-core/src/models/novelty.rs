@@ -25,6 +25,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::features::median_in_place;
+use crate::streaming::{Step, StreamingDetector, normalise_shares};
 
 /// Seconds per day, for the seasonal lags.
 const DAY: f64 = 86_400.0;
@@ -286,6 +287,8 @@ pub struct Novelty {
     columns: Vec<Column>,
     i: u64,
     alarm: Alarm,
+    /// Column ratios of the last event, for contributions.
+    last: Vec<f64>,
 }
 
 /// One scored event.
@@ -307,6 +310,7 @@ impl Novelty {
             columns: cols,
             i: 0,
             alarm: Alarm::default(),
+            last: vec![0.0; columns],
         }
     }
 
@@ -335,11 +339,48 @@ impl Novelty {
         }
         let (score, ratio) = self.alarm.score(p, i, r);
         self.i += 1;
+        self.last.clone_from(&column_ratios);
         NoveltyScore {
             score,
             ratio,
             column_ratios,
         }
+    }
+}
+
+impl StreamingDetector for Novelty {
+    fn dim(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// Novelty learns from every event anyway: learning is scoring without a decision.
+    fn learn(&mut self, ts: f64, x: &[f64]) {
+        self.update(ts, x);
+    }
+
+    /// After an alarm the cooldown holds the score below the alarm level, so every flagged
+    /// event starts an alarm of its own.
+    fn step(&mut self, ts: f64, x: &[f64]) -> Step {
+        let s = self.update(ts, x);
+        let flagged = s.score >= NoveltyParams::THRESHOLD;
+        Step {
+            score: s.score,
+            flagged,
+            alarm_start: flagged,
+        }
+    }
+
+    fn contributions(&self, out: &mut [f64]) {
+        out.copy_from_slice(&self.last);
+        normalise_shares(out);
+    }
+
+    fn threshold(&self) -> f64 {
+        NoveltyParams::THRESHOLD
+    }
+
+    fn clone_box(&self) -> Box<dyn StreamingDetector> {
+        Box::new(self.clone())
     }
 }
 

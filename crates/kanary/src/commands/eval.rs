@@ -1,5 +1,7 @@
 //! `kanary eval`: replay a JSONL file through exactly the engine `kanary detect` runs, and
-//! report precision/recall/F1/PR-AUC per model.
+//! report per model what an operator asks (incidents caught, how early, false pages per
+//! service-day; docs/evaluation.md) beside precision/recall/F1/PR-AUC, for the whole run and
+//! per service.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -11,6 +13,7 @@ use kanary_core::detector::ModelKind;
 use kanary_core::engine::{Engine, Explain, Outcome};
 use kanary_core::eval::{Confusion, average_precision};
 use kanary_core::event::{Event, write_f64, write_json_object, write_json_str};
+use kanary_core::operator::{OperatorCounts, OperatorRules, OperatorSummary, typical_step};
 use serde::Serialize;
 
 use crate::cli::EvalArgs;
@@ -47,6 +50,26 @@ pub struct EvalSummary {
     pub fit_seconds: f64,
     /// Threshold per service.
     pub thresholds: BTreeMap<String, f64>,
+    /// An incident counts as caught early when flagged within this many events of its start.
+    pub early_within: usize,
+    /// Incidents caught, early, delay, false pages per service-day, normal events flagged.
+    #[serde(flatten)]
+    pub operator: OperatorSummary,
+    /// PR-AUC per service, averaged over the services that have labelled anomalies.
+    pub pr_auc_services: Option<f64>,
+    /// The same figures per service.
+    pub services: Vec<ServiceSummary>,
+}
+
+/// The figures of one service.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceSummary {
+    pub service: String,
+    pub scored: u64,
+    pub f1: Option<f64>,
+    pub pr_auc: Option<f64>,
+    #[serde(flatten)]
+    pub operator: OperatorSummary,
 }
 
 /// Per-event results of one model, for reports.
@@ -92,6 +115,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         )),
         None => None,
     };
+    let rules = OperatorRules {
+        early: args.early,
+        ..OperatorRules::default()
+    };
     let mut runs = Vec::new();
     for kind in models {
         let mut cfg = args.opts.engine_config(kind, args.train)?;
@@ -119,6 +146,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             &input.events,
             &input.invalid,
             prefit,
+            &rules,
             scores_out.as_mut(),
         )?;
         if args.json {
@@ -131,6 +159,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     if !args.json {
         print_table(&runs);
+        if args.per_service {
+            for r in &runs {
+                print_services(r);
+            }
+        }
     }
     if let Some(path) = &args.report {
         let title = format!("kanary eval — {}", args.input.display());
@@ -148,6 +181,7 @@ pub fn replay(
     events: &[Event],
     parse_invalid: &BTreeMap<&'static str, u64>,
     prefit_seconds: f64,
+    rules: &OperatorRules,
     mut scores_out: Option<&mut BufWriter<File>>,
 ) -> Result<ModelRun> {
     let progress = progress_bar(events.len() as u64, kind.name());
@@ -210,6 +244,10 @@ pub fn replay(
         .models()
         .map(|(s, m)| (s.to_string(), m.threshold))
         .collect();
+    let (operator, services) = per_service(events, &scored, rules);
+    let service_aps: Vec<f64> = services.iter().filter_map(|s| s.pr_auc).collect();
+    let pr_auc_services = (!service_aps.is_empty())
+        .then(|| service_aps.iter().sum::<f64>() / service_aps.len() as f64);
     let summary = EvalSummary {
         model: kind.name().to_string(),
         events: events.len() as u64,
@@ -227,8 +265,57 @@ pub fn replay(
         events_per_sec: events.len() as f64 / engine_seconds.max(1e-9),
         fit_seconds,
         thresholds,
+        early_within: rules.early,
+        operator: operator.summary(),
+        pr_auc_services,
+        services,
     };
     Ok(ModelRun { summary, scored })
+}
+
+/// Operator figures of the whole run and of each service (in name order). Events without a
+/// label count as normal.
+fn per_service(
+    events: &[Event],
+    scored: &[ScoredPoint],
+    rules: &OperatorRules,
+) -> (OperatorCounts, Vec<ServiceSummary>) {
+    #[derive(Default)]
+    struct Track {
+        ts: Vec<f64>,
+        labels: Vec<bool>,
+        flags: Vec<bool>,
+        scores: Vec<f64>,
+        confusion: Confusion,
+    }
+    let mut tracks: BTreeMap<&str, Track> = BTreeMap::new();
+    for p in scored {
+        let ev = &events[p.index];
+        let t = tracks.entry(ev.service.as_str()).or_default();
+        let label = ev.label.unwrap_or(false);
+        t.ts.push(ev.ts);
+        t.labels.push(label);
+        t.flags.push(p.flagged);
+        t.scores.push(p.score);
+        if ev.label.is_some() {
+            t.confusion.record(p.flagged, label);
+        }
+    }
+    let mut total = OperatorCounts::default();
+    let mut out = Vec::with_capacity(tracks.len());
+    for (service, t) in tracks {
+        let step = typical_step(&t.ts).unwrap_or(0.0);
+        let c = OperatorCounts::of_service(&t.labels, &t.flags, step, rules);
+        total.merge(&c);
+        out.push(ServiceSummary {
+            service: service.to_string(),
+            scored: t.labels.len() as u64,
+            f1: t.confusion.f1(),
+            pr_auc: average_precision(&t.scores, &t.labels),
+            operator: c.summary(),
+        });
+    }
+    (total, out)
 }
 
 /// `{"ts","service","model","score","threshold","flagged","label","contributions"}` + newline.
@@ -278,40 +365,90 @@ fn progress_bar(len: u64, label: &str) -> indicatif::ProgressBar {
     pb
 }
 
-fn fmt_opt(v: Option<f64>) -> String {
-    v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into())
+fn fmt_rate(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn fmt_pct(v: Option<f64>) -> String {
+    v.map(|x| format!("{:.2}%", 100.0 * x))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn print_table(runs: &[ModelRun]) {
+    let early = runs.first().map_or(3, |r| r.summary.early_within);
     println!(
-        "{:<7} {:>9} {:>9} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>12}",
+        "{:<8} {:>9} {:>9} {:>7} {:>7} {:>7} {:>6} {:>6} {:>9} {:>8} {:>7} {:>7} {:>7} {:>7} {:>11}",
         "model",
         "events",
         "scored",
-        "tp",
-        "fp",
-        "fn",
-        "precision",
+        "incid.",
+        "caught",
+        format!("<={early}"),
+        "delay",
+        "pages/d",
+        "normal%",
+        "prec.",
         "recall",
         "f1",
         "pr_auc",
+        "ap/svc",
         "events/s"
     );
     for r in runs {
         let s = &r.summary;
+        let o = &s.operator;
         println!(
-            "{:<7} {:>9} {:>9} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>12.0}",
+            "{:<8} {:>9} {:>9} {:>7} {:>7} {:>7} {:>6} {:>6} {:>9} {:>8} {:>7} {:>7} {:>7} {:>7} {:>11.0}",
             s.model,
             s.events,
             s.scored,
-            s.tp,
-            s.fp,
-            s.fn_,
-            fmt_opt(s.precision),
-            fmt_opt(s.recall),
-            fmt_opt(s.f1),
-            fmt_opt(s.pr_auc),
+            o.incidents,
+            fmt_rate(o.caught, 3),
+            fmt_rate(o.early, 3),
+            fmt_rate(o.median_delay, 1),
+            fmt_rate(o.false_pages_per_day, 2),
+            fmt_pct(o.normal_flagged),
+            fmt_rate(s.precision, 3),
+            fmt_rate(s.recall, 3),
+            fmt_rate(s.f1, 3),
+            fmt_rate(s.pr_auc, 3),
+            fmt_rate(s.pr_auc_services, 3),
             s.events_per_sec
+        );
+    }
+}
+
+fn print_services(run: &ModelRun) {
+    let s = &run.summary;
+    println!("\n{} per service", s.model);
+    println!(
+        "{:<24} {:>8} {:>7} {:>7} {:>7} {:>6} {:>8} {:>9} {:>7} {:>7}",
+        "service",
+        "scored",
+        "incid.",
+        "caught",
+        format!("<={}", s.early_within),
+        "delay",
+        "pages/d",
+        "normal%",
+        "f1",
+        "pr_auc"
+    );
+    for v in &s.services {
+        let o = &v.operator;
+        println!(
+            "{:<24} {:>8} {:>7} {:>7} {:>7} {:>6} {:>8} {:>9} {:>7} {:>7}",
+            v.service,
+            v.scored,
+            o.incidents,
+            fmt_rate(o.caught, 3),
+            fmt_rate(o.early, 3),
+            fmt_rate(o.median_delay, 1),
+            fmt_rate(o.false_pages_per_day, 2),
+            fmt_pct(o.normal_flagged),
+            fmt_rate(v.f1, 3),
+            fmt_rate(v.pr_auc, 3),
         );
     }
 }
