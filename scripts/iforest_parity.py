@@ -5,7 +5,7 @@
 
 1. Simulates the seed scenario (`kanary simulate --scenario seed --count 50000 --seed 7`).
 2. Ranking parity: PR-AUC (average precision) of kanary's Isolation Forest in scikit-learn
-   mode (`--if-scoring sklearn --no-robust-fit`: the same algorithm, fitted on the same first
+   mode (`--param if.range_aware=false --no-robust-fit`: the same algorithm, fitted on the same first
    1000 events) against `sklearn.ensemble.IsolationForest(n_estimators=100)`, each averaged
    over --seeds random seeds (a single forest's PR-AUC moves by several hundredths with its
    seed, so single runs cannot be compared to 0.01). Fails if the means differ by more than
@@ -81,7 +81,7 @@ def measure(args) -> int:
         return json.loads(out.splitlines()[0])
 
     seeds = range(args.seeds)
-    k_plain = [kanary_eval("--if-scoring", "sklearn", "--no-robust-fit", "--model-seed", str(s))["pr_auc"] for s in seeds]
+    k_plain = [kanary_eval("--param", "if.range_aware=false", "--no-robust-fit", "--model-seed", str(s))["pr_auc"] for s in seeds]
     sk = []
     for s in seeds:
         f = IsolationForest(n_estimators=100, random_state=s).fit(train)

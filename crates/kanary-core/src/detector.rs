@@ -2,17 +2,13 @@
 //! (features + scaler + model + threshold) that both the online service and offline evaluation
 //! run.
 
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::features::{StandardScaler, WindowSpec};
-use crate::models::autoencoder::{AeParams, Autoencoder};
-use crate::models::iforest::{IForestParams, IsolationForest};
-use crate::models::novelty::{Novelty, NoveltyParams};
-use crate::models::zscore::RobustZ;
+use crate::registry::{Build, ParamError, ParamMap};
+pub use crate::registry::{Model, ModelKind, UnknownModel};
 use crate::streaming::StreamingDetector;
 use crate::threshold::{ThresholdError, ThresholdMethod};
 
@@ -33,97 +29,13 @@ pub trait Detector {
     fn contributions(&self, x: &[f64], out: &mut [f64]);
 }
 
-/// The model kinds kanary knows. The names are the CLI's and the `model` metric label's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum ModelKind {
-    /// Isolation Forest (`if`).
-    #[serde(rename = "if")]
-    IForest,
-    /// Dense autoencoder, score = reconstruction error (`ae`).
-    #[serde(rename = "ae")]
-    Autoencoder,
-    /// Robust z-score baseline (`zscore`).
-    #[serde(rename = "zscore")]
-    ZScore,
-    /// Streaming record-ratio novelty detector (`novelty`): no fit, keeps learning.
-    #[serde(rename = "novelty")]
-    Novelty,
-}
-
-impl ModelKind {
-    pub const ALL: [ModelKind; 4] = [
-        ModelKind::IForest,
-        ModelKind::Autoencoder,
-        ModelKind::ZScore,
-        ModelKind::Novelty,
-    ];
-
-    /// Streaming models score from the first event and keep learning; they are never fitted.
-    pub fn is_streaming(self) -> bool {
-        self == ModelKind::Novelty
-    }
-
-    /// Short name: `if`, `ae`, `zscore`.
-    pub fn name(self) -> &'static str {
-        match self {
-            ModelKind::IForest => "if",
-            ModelKind::Autoencoder => "ae",
-            ModelKind::ZScore => "zscore",
-            ModelKind::Novelty => "novelty",
-        }
-    }
-
-    /// The threshold rule used when none is configured (docs/models.md gives the measurements
-    /// behind each choice).
-    ///
-    /// Isolation Forest scores are averages over trees, with a short, light upper tail that an
-    /// exponential tail fit overshoots: they get `median + 5·MAD`. Reconstruction errors and
-    /// z-scores have exponential-like tails: they get the peaks-over-threshold fit.
-    pub fn default_threshold(self) -> ThresholdMethod {
-        match self {
-            ModelKind::IForest => ThresholdMethod::Mad { k: 5.0 },
-            ModelKind::Autoencoder | ModelKind::ZScore => ThresholdMethod::default(),
-            ModelKind::Novelty => ThresholdMethod::Fixed {
-                value: NoveltyParams::THRESHOLD,
-            },
-        }
-    }
-}
-
-impl fmt::Display for ModelKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Error for an unknown model name.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("unknown model `{0}`: expected one of if, ae, zscore, novelty")]
-pub struct UnknownModel(pub String);
-
-impl FromStr for ModelKind {
-    type Err = UnknownModel;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "if" | "iforest" | "isolation-forest" => Ok(ModelKind::IForest),
-            "ae" | "autoencoder" => Ok(ModelKind::Autoencoder),
-            "zscore" | "z" | "robust-z" => Ok(ModelKind::ZScore),
-            "novelty" | "record-ratio" => Ok(ModelKind::Novelty),
-            _ => Err(UnknownModel(s.to_string())),
-        }
-    }
-}
-
 /// Everything needed to fit one detector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DetectorConfig {
     pub kind: ModelKind,
+    /// The model's parameters (its registry entry checks them; missing keys take defaults).
     #[serde(default)]
-    pub iforest: IForestParams,
-    #[serde(default)]
-    pub autoencoder: AeParams,
-    #[serde(default)]
-    pub novelty: NoveltyParams,
+    pub params: ParamMap,
     /// Threshold rule; `None` means the model's default.
     #[serde(default)]
     pub threshold: Option<ThresholdMethod>,
@@ -143,98 +55,31 @@ impl DetectorConfig {
     pub fn new(kind: ModelKind) -> Self {
         DetectorConfig {
             kind,
-            iforest: IForestParams::default(),
-            autoencoder: AeParams::default(),
-            novelty: NoveltyParams::default(),
+            params: ParamMap::new(),
             threshold: None,
             seed: 0,
             robust: true,
         }
     }
 
+    /// Checks the parameters against the model's parameter struct.
+    pub fn check(&self) -> Result<(), ParamError> {
+        let spec = self.kind.spec();
+        spec.params.check(spec.name, &self.params)
+    }
+
     /// A fresh streaming model over `dim` columns, for streaming kinds (`None` for fitted
-    /// ones).
+    /// ones, or when the parameters are invalid: [`check`](Self::check) them first).
     pub fn new_streaming(&self, dim: usize) -> Option<Box<dyn StreamingDetector>> {
-        match self.kind {
-            ModelKind::Novelty => Some(Box::new(Novelty::new(self.novelty.clone(), dim))),
-            ModelKind::IForest | ModelKind::Autoencoder | ModelKind::ZScore => None,
+        match self.kind.spec().build {
+            Build::Streaming { new, .. } => new(&self.params, dim, self.seed).ok(),
+            Build::Fitted { .. } => None,
         }
     }
 
     pub fn threshold_method(&self) -> ThresholdMethod {
         self.threshold
             .unwrap_or_else(|| self.kind.default_threshold())
-    }
-}
-
-/// A fitted model of any kind (enum dispatch: the set is fixed).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Model {
-    IForest(IsolationForest),
-    Autoencoder(Autoencoder),
-    ZScore(RobustZ),
-}
-
-impl Model {
-    pub fn kind(&self) -> ModelKind {
-        match self {
-            Model::IForest(_) => ModelKind::IForest,
-            Model::Autoencoder(_) => ModelKind::Autoencoder,
-            Model::ZScore(_) => ModelKind::ZScore,
-        }
-    }
-}
-
-impl Model {
-    /// Checks internal consistency (for models read from files).
-    pub fn validate(&self) -> Result<(), String> {
-        match self {
-            Model::IForest(m) => m.validate(),
-            Model::Autoencoder(m) => m.validate(),
-            Model::ZScore(m) if m.median.len() != m.scale.len() => {
-                Err("median and scale lengths differ".into())
-            }
-            Model::ZScore(_) => Ok(()),
-        }
-    }
-}
-
-impl Detector for Model {
-    fn dim(&self) -> usize {
-        match self {
-            Model::IForest(m) => m.dim(),
-            Model::Autoencoder(m) => m.dim(),
-            Model::ZScore(m) => m.dim(),
-        }
-    }
-
-    fn score(&self, x: &[f64]) -> f64 {
-        match self {
-            Model::IForest(m) => m.score(x),
-            Model::Autoencoder(m) => m.score(x),
-            Model::ZScore(m) => m.score(x),
-        }
-    }
-
-    fn score_batch(&self, xs: &[f64], out: &mut [f64]) {
-        match self {
-            Model::IForest(m) => m.score_batch(xs, out),
-            Model::Autoencoder(m) => m.score_batch(xs, out),
-            Model::ZScore(m) => {
-                let d = m.dim();
-                for (o, row) in out.iter_mut().zip(xs.chunks_exact(d)) {
-                    *o = m.score(row);
-                }
-            }
-        }
-    }
-
-    fn contributions(&self, x: &[f64], out: &mut [f64]) {
-        match self {
-            Model::IForest(m) => m.contributions(x, out),
-            Model::Autoencoder(m) => m.contributions(x, out),
-            Model::ZScore(m) => m.contributions(x, out),
-        }
     }
 }
 
@@ -253,6 +98,8 @@ pub enum FitError {
     Threshold(#[from] ThresholdError),
     #[error("`{0}` is a streaming model: it scores from the first event and is never fitted")]
     Streaming(ModelKind),
+    #[error("{0}")]
+    Params(#[from] ParamError),
 }
 
 /// Fits scaler and model on raw rows once; returns them with the training rows' scores
@@ -262,29 +109,14 @@ fn fit_once(
     raw: &[f64],
     d: usize,
 ) -> Result<(StandardScaler, Model, Vec<f64>), FitError> {
-    let n = raw.len() / d;
     let scaler = StandardScaler::fit(raw, d);
     let mut data = raw.to_vec();
     scaler.transform(&mut data);
-    let (model, scores) = match cfg.kind {
-        ModelKind::IForest => {
-            let (f, oob) = IsolationForest::fit_with_oob(&data, d, &cfg.iforest, cfg.seed)?;
-            (Model::IForest(f), oob)
-        }
-        ModelKind::Autoencoder => {
-            let m = Model::Autoencoder(Autoencoder::fit(&data, d, &cfg.autoencoder, cfg.seed)?);
-            let mut s = vec![0.0; n];
-            m.score_batch(&data, &mut s);
-            (m, s)
-        }
-        ModelKind::ZScore => {
-            let m = Model::ZScore(RobustZ::fit(&data, d).ok_or(FitError::NoFeatures)?);
-            let mut s = vec![0.0; n];
-            m.score_batch(&data, &mut s);
-            (m, s)
-        }
-        ModelKind::Novelty => return Err(FitError::Streaming(ModelKind::Novelty)),
+    let Build::Fitted { fit, .. } = cfg.kind.spec().build else {
+        return Err(FitError::Streaming(cfg.kind));
     };
+    let (inner, scores) = fit(&cfg.params, &data, d, cfg.seed)?;
+    let model = Model::new(cfg.kind, inner);
     Ok((scaler, model, scores))
 }
 
@@ -339,7 +171,14 @@ impl FittedDetector {
             });
         }
         let (mut scaler, mut model, mut train_scores) = fit_once(cfg, raw, d)?;
-        if cfg.robust && cfg.kind != ModelKind::ZScore {
+        let robust_refit = matches!(
+            cfg.kind.spec().build,
+            Build::Fitted {
+                robust_refit: true,
+                ..
+            }
+        );
+        if cfg.robust && robust_refit {
             // Refit without the rows the first fit finds anomalous, so that anomalies in the
             // training window neither stretch the scaler and the model's ranges nor get learnt
             // as normal (which would mask later ones).
@@ -418,18 +257,5 @@ impl FittedDetector {
         let mut out = vec![0.0; self.dim()];
         self.model.contributions(row, &mut out);
         out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn model_names_round_trip() {
-        for k in ModelKind::ALL {
-            assert_eq!(k.name().parse::<ModelKind>().unwrap(), k);
-        }
-        assert!("svm".parse::<ModelKind>().is_err());
     }
 }

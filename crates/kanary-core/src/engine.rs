@@ -13,7 +13,21 @@ use std::sync::Arc;
 use crate::detector::{DetectorConfig, FitError, FittedDetector, MIN_TRAIN_ROWS};
 use crate::event::{Event, EventError};
 use crate::features::{WindowSpec, WindowState};
+use crate::registry::StreamState;
 use crate::streaming::StreamingDetector;
+
+/// A streaming model's saved state for one service: what it reads and what it has learnt.
+/// Window features, when configured, refill from the events after a restore (as they do for
+/// fitted models).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StreamSnapshot {
+    /// Event fields the rows are built from.
+    pub inputs: Vec<String>,
+    /// The model's input columns (window features when `window` is set).
+    pub features: Vec<String>,
+    pub window: Option<WindowSpec>,
+    pub state: StreamState,
+}
 
 /// When to compute per-feature contributions of a scored event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -151,6 +165,59 @@ impl Engine {
                 phase: Phase::Ready(Arc::new(model)),
             },
         );
+    }
+
+    /// The streaming models' states, by service (sorted), for a model file.
+    pub fn streams(&self) -> Vec<(String, StreamSnapshot)> {
+        let mut out: Vec<(String, StreamSnapshot)> = self
+            .services
+            .iter()
+            .filter_map(|(s, st)| match &st.phase {
+                Phase::Streaming { model, names } => Some((
+                    s.clone(),
+                    StreamSnapshot {
+                        inputs: st.inputs.clone(),
+                        features: names.to_vec(),
+                        window: self.cfg.window.clone(),
+                        state: StreamState::new(self.cfg.detector.kind, model.clone_box()),
+                    },
+                )),
+                Phase::Warming { .. } | Phase::Ready(_) => None,
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Resumes a streaming model for `service` from a snapshot of the same kind.
+    pub fn insert_stream(
+        &mut self,
+        service: impl Into<String>,
+        snap: StreamSnapshot,
+    ) -> Result<(), String> {
+        if snap.state.kind() != self.cfg.detector.kind {
+            return Err(format!(
+                "a `{}` state cannot resume a `{}` engine",
+                snap.state.kind(),
+                self.cfg.detector.kind
+            ));
+        }
+        let window = snap
+            .window
+            .clone()
+            .map(|w| WindowState::new(w, snap.inputs.len()));
+        self.services.insert(
+            service.into(),
+            Service {
+                inputs: snap.inputs,
+                window,
+                phase: Phase::Streaming {
+                    model: snap.state.into_inner(),
+                    names: snap.features.into(),
+                },
+            },
+        );
+        Ok(())
     }
 
     /// The fitted models, by service.
@@ -507,7 +574,7 @@ mod tests {
 
     #[test]
     fn warms_up_then_scores() {
-        let mut e = engine(ModelKind::ZScore, 100);
+        let mut e = engine(ModelKind::named("zscore").unwrap(), 100);
         let evs: Vec<Event> = Simulator::new(Scenario::Seed, 1, DEFAULT_START_TS)
             .take(150)
             .collect();
@@ -531,9 +598,9 @@ mod tests {
         let evs: Vec<Event> = Simulator::new(Scenario::Microservices, 2, DEFAULT_START_TS)
             .take(1200)
             .collect();
-        let mut a = engine(ModelKind::IForest, 100);
+        let mut a = engine(ModelKind::named("if").unwrap(), 100);
         let single: Vec<Outcome> = evs.iter().map(|ev| a.process(ev, 0.0)).collect();
-        let mut b = engine(ModelKind::IForest, 100);
+        let mut b = engine(ModelKind::named("if").unwrap(), 100);
         let mut batched = Vec::new();
         for chunk in evs.chunks(97) {
             b.process_batch(chunk, 0.0, &mut batched);
@@ -553,7 +620,7 @@ mod tests {
 
     #[test]
     fn window_features_warm_up_then_score_and_survive_a_model_file() {
-        let mut cfg = EngineConfig::new(DetectorConfig::new(ModelKind::ZScore));
+        let mut cfg = EngineConfig::new(DetectorConfig::new(ModelKind::named("zscore").unwrap()));
         cfg.train_events = 50;
         cfg.window = Some(WindowSpec {
             lengths: vec![4],
@@ -577,7 +644,9 @@ mod tests {
         // A model from a file brings its window along and rebuilds it from events.
         let m = (**e.model("svc").unwrap()).clone();
         assert_eq!(m.inputs, vec!["v".to_string()]);
-        let mut fresh = Engine::new(EngineConfig::new(DetectorConfig::new(ModelKind::ZScore)));
+        let mut fresh = Engine::new(EngineConfig::new(DetectorConfig::new(
+            ModelKind::named("zscore").unwrap(),
+        )));
         fresh.insert_model("svc", m);
         let outs: Vec<Outcome> = evs[..10].iter().map(|ev| fresh.process(ev, 0.0)).collect();
         assert!(
@@ -590,7 +659,7 @@ mod tests {
 
     #[test]
     fn missing_features_are_invalid_and_not_fatal() {
-        let mut e = engine(ModelKind::ZScore, 10);
+        let mut e = engine(ModelKind::named("zscore").unwrap(), 10);
         for i in 0..10 {
             let ev = Event::new(i as f64, "svc")
                 .with_field("a", i as f64)
@@ -610,7 +679,7 @@ mod tests {
 
     #[test]
     fn contributions_on_flagged_events() {
-        let mut e = engine(ModelKind::ZScore, 100);
+        let mut e = engine(ModelKind::named("zscore").unwrap(), 100);
         for ev in Simulator::new(Scenario::Seed, 3, DEFAULT_START_TS).take(100) {
             e.process(&ev, 0.0);
         }

@@ -12,6 +12,8 @@
 //!   z-score.
 //! - [`streaming`]: the [`streaming::StreamingDetector`] trait of models that learn from the
 //!   stream one event at a time.
+//! - [`registry`]: every model, described once (name, parameters, threshold, constructor,
+//!   saved state).
 //! - [`threshold`]: turning scores into decisions without labels.
 //! - [`engine`]: per-service warm-up, fitting and batch scoring of a stream.
 //! - [`eval`]: precision/recall/F1 and PR-AUC against labels; [`operator`]: incidents caught,
@@ -29,6 +31,7 @@ pub mod models;
 pub mod nab;
 pub mod operator;
 pub mod persist;
+pub mod registry;
 pub mod rng;
 pub mod simulate;
 pub mod streaming;

@@ -9,14 +9,15 @@
 use serde::{Deserialize, Serialize};
 
 use crate::detector::{FittedDetector, ModelKind};
+use crate::engine::{Engine, StreamSnapshot};
 
 /// First bytes of every model file.
 pub const MAGIC: &[u8; 8] = b"KANARY\0M";
-/// Format written by this build.
-pub const FORMAT_VERSION: u32 = 1;
+/// Format written by this build (2: models saved through the registry, streaming states).
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 
-/// The fitted detectors of one model kind, one per service.
+/// The fitted detectors of one model kind, or the states of a streaming one, per service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelFile {
     /// Version of kanary that wrote the file.
@@ -28,6 +29,8 @@ pub struct ModelFile {
     /// service; empty otherwise.
     pub offsets: Vec<(String, i32, i64)>,
     pub detectors: Vec<(String, FittedDetector)>,
+    /// Streaming models' states, one per service (empty for fitted kinds).
+    pub streams: Vec<(String, StreamSnapshot)>,
 }
 
 /// Why a model file could not be read.
@@ -54,6 +57,25 @@ pub enum PersistError {
 }
 
 impl ModelFile {
+    /// Installs every service's model or streaming state in `engine`, which must run the
+    /// file's kind. Returns the number of services installed.
+    pub fn install(&self, engine: &mut Engine) -> Result<usize, String> {
+        let kind = engine.config().detector.kind;
+        if kind != self.kind {
+            return Err(format!(
+                "the file holds `{}` models, the engine runs `{kind}`",
+                self.kind
+            ));
+        }
+        for (service, m) in &self.detectors {
+            engine.insert_model(service.clone(), m.clone());
+        }
+        for (service, st) in &self.streams {
+            engine.insert_stream(service.clone(), st.clone())?;
+        }
+        Ok(self.detectors.len() + self.streams.len())
+    }
+
     /// Serialises to the versioned binary format.
     pub fn encode(&self) -> Result<Vec<u8>, PersistError> {
         let payload = postcard::to_stdvec(self).map_err(|e| PersistError::Encode(e.to_string()))?;
@@ -106,6 +128,22 @@ impl ModelFile {
                 )));
             }
         }
+        for (service, st) in &file.streams {
+            if st.state.kind() != file.kind {
+                return Err(PersistError::Invalid(format!(
+                    "service `{service}` holds a `{}` state in a `{}` file",
+                    st.state.kind(),
+                    file.kind
+                )));
+            }
+            if st.state.get().dim() != st.features.len() {
+                return Err(PersistError::Invalid(format!(
+                    "service `{service}`: state has {} columns but {} are named",
+                    st.state.get().dim(),
+                    st.features.len()
+                )));
+            }
+        }
         Ok(file)
     }
 }
@@ -149,7 +187,9 @@ mod tests {
         let mut r = Rng::new(1);
         let data: Vec<f64> = (0..300).map(|_| r.standard_normal()).collect();
         let mut cfg = DetectorConfig::new(kind);
-        cfg.autoencoder.epochs = 3;
+        if kind.name() == "ae" {
+            cfg.params.insert("epochs".into(), serde_json::json!(3));
+        }
         let m = FittedDetector::fit(&cfg, vec!["a".into(), "b".into(), "c".into()], &data, 5.0)
             .unwrap();
         ModelFile {
@@ -158,6 +198,7 @@ mod tests {
             created_at: 1.0,
             offsets: vec![("t".into(), 0, 42)],
             detectors: vec![("svc".into(), m)],
+            streams: Vec::new(),
         }
     }
 
@@ -168,7 +209,7 @@ mod tests {
 
     #[test]
     fn round_trips_every_model_kind() {
-        for kind in ModelKind::ALL.into_iter().filter(|k| !k.is_streaming()) {
+        for kind in ModelKind::all().filter(|k| !k.is_streaming()) {
             let f = sample(kind);
             let bytes = f.encode().unwrap();
             assert_eq!(ModelFile::decode(&bytes).unwrap(), f);
@@ -177,7 +218,9 @@ mod tests {
 
     #[test]
     fn each_corruption_has_a_clear_error() {
-        let bytes = sample(ModelKind::ZScore).encode().unwrap();
+        let bytes = sample(ModelKind::named("zscore").unwrap())
+            .encode()
+            .unwrap();
         assert_eq!(
             ModelFile::decode(b"{\"json\": true}").unwrap_err(),
             PersistError::NotAModelFile

@@ -36,6 +36,9 @@ pub trait StreamingDetector: fmt::Debug + Send + Sync {
     fn threshold(&self) -> f64;
     /// A boxed copy (engines are cloned for benchmarks and tests).
     fn clone_box(&self) -> Box<dyn StreamingDetector>;
+    /// The model's state in the model-file encoding (postcard), restored by its registry
+    /// entry's `load`.
+    fn save(&self) -> Vec<u8>;
 }
 
 impl Clone for Box<dyn StreamingDetector> {

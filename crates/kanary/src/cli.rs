@@ -1,5 +1,6 @@
 //! The command line (stable: scripts and users depend on it; see docs/cli.md).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -7,10 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use kanary_core::detector::{DetectorConfig, ModelKind, UnknownModel};
 use kanary_core::engine::EngineConfig;
 use kanary_core::features::WindowSpec;
-use kanary_core::models::autoencoder::AeParams;
-use kanary_core::models::iforest::IForestParams;
-use kanary_core::models::nn::Activation;
-use kanary_core::models::novelty::NoveltyParams;
+use kanary_core::registry::{ParamError, ParamMap, parse_param};
 use kanary_core::simulate::Scenario;
 use kanary_core::threshold::ThresholdMethod;
 
@@ -38,13 +36,16 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// The detector service: consume events from Kafka, score them, publish anomalies and
     /// serve Prometheus metrics.
-    Detect(Box<crate::commands::detect::DetectArgs>),
-    /// Replay a JSONL file through the detectors offline and report precision/recall/F1/PR-AUC.
+    Detect(Box<DetectArgs>),
+    /// Replay a JSONL file through the detectors offline and report incidents caught, delay,
+    /// false pages per service-day, precision/recall/F1 and PR-AUC.
     Eval(EvalArgs),
     /// Fit per-service models on a JSONL file and save them to a model file.
     Train(TrainArgs),
     /// Run a detector over the Numenta Anomaly Benchmark and score it.
     Nab(NabArgs),
+    /// List every model with its parameters, their defaults and one line of help each.
+    Models(ModelsArgs),
     /// Measure scoring throughput (events/s on one core) against the per-event path.
     Bench(BenchArgs),
     /// Simulator, Isolation Forest and autoencoder in one process with metrics and a live page;
@@ -78,17 +79,6 @@ fn parse_threshold(s: &str) -> Result<ThresholdMethod, String> {
         .map_err(|e: kanary_core::threshold::ThresholdError| e.to_string())
 }
 
-fn parse_activation(s: &str) -> Result<Activation, String> {
-    match s {
-        "relu" => Ok(Activation::Relu),
-        "tanh" => Ok(Activation::Tanh),
-        "identity" | "linear" => Ok(Activation::Identity),
-        _ => Err(format!(
-            "unknown activation `{s}`: expected relu, tanh or identity"
-        )),
-    }
-}
-
 /// Model settings shared by every command that fits models.
 #[derive(Debug, Clone, Args)]
 pub struct ModelOpts {
@@ -108,39 +98,16 @@ pub struct ModelOpts {
     /// Seed for every random choice in fitting.
     #[arg(long = "model-seed", env = "KANARY_MODEL_SEED", default_value_t = 42)]
     pub model_seed: u64,
-    /// Isolation Forest: number of trees.
-    #[arg(long, env = "KANARY_TREES", default_value_t = 100)]
-    pub trees: usize,
-    /// Isolation Forest: rows per tree (capped by the training set).
-    #[arg(long, env = "KANARY_MAX_SAMPLES", default_value_t = 256)]
-    pub max_samples: usize,
-    /// Isolation Forest path lengths: `range` (default) also isolates a row that lies beyond a
-    /// node's training range with the probability a split over the extended range would;
-    /// `sklearn` scores exactly as scikit-learn (a row far outside the training data scores
-    /// like the most extreme training row).
-    #[arg(long, env = "KANARY_IF_SCORING", default_value = "range", value_parser = ["range", "sklearn"])]
-    pub if_scoring: String,
-    /// Isolation Forest: levels beyond scikit-learn's height limit ceil(log2(max-samples)).
-    #[arg(long, env = "KANARY_IF_EXTRA_DEPTH", default_value_t = 0)]
-    pub if_extra_depth: u32,
-    /// Autoencoder: hidden layer widths, e.g. `16,8,16` (the thesis' shape); default: a
-    /// narrow code sized to the input, `h,ceil(d/2),h` with h = clamp(4d, 16, 64) (see
-    /// docs/models.md).
-    #[arg(long, env = "KANARY_AE_HIDDEN", value_delimiter = ',')]
-    pub ae_hidden: Option<Vec<usize>>,
-    /// Autoencoder: activation of the hidden layers.
-    #[arg(long, env = "KANARY_AE_ACTIVATION", value_parser = parse_activation, default_value = "tanh")]
-    pub ae_activation: Activation,
-    /// Autoencoder: activation of the code (narrowest) layer.
-    #[arg(long, env = "KANARY_AE_CODE_ACTIVATION", value_parser = parse_activation, default_value = "tanh")]
-    pub ae_code_activation: Activation,
-    /// Novelty: the alarm level of the record ratio, its sensitivity (1.05: flag a deviation 5%
-    /// beyond the largest seen before; lower flags more).
-    #[arg(long, env = "KANARY_NOVELTY_ALERT", default_value_t = 1.05)]
-    pub novelty_alert: f64,
-    /// Novelty: events after an alarm during which no new alarm is raised.
-    #[arg(long, env = "KANARY_NOVELTY_COOLDOWN", default_value_t = 20)]
-    pub novelty_cooldown: usize,
+    /// A model parameter, `MODEL.KEY=VALUE` (repeatable; e.g. `if.trees=200`,
+    /// `ae.hidden=16,8,16`, `novelty.alert=1.1`). `kanary models` lists every model's
+    /// parameters with their defaults.
+    #[arg(
+        long = "param",
+        value_name = "MODEL.KEY=VALUE",
+        env = "KANARY_PARAMS",
+        value_delimiter = ';'
+    )]
+    pub params: Vec<String>,
     /// Sliding windows, lengths in events (e.g. `8,32,128`): each feature is replaced by
     /// window features computed per service over its recent events (see
     /// --window-features). Univariate streams need this context. Default: none (nab: its own).
@@ -155,29 +122,24 @@ pub struct ModelOpts {
         default_value = "value,d1,z"
     )]
     pub window_features: Vec<String>,
-    /// Autoencoder: maximum training epochs (early stopping on a 10% validation split).
-    #[arg(long, env = "KANARY_AE_EPOCHS", default_value_t = 200)]
-    pub ae_epochs: usize,
-    /// Autoencoder: Adam learning rate.
-    #[arg(long, env = "KANARY_AE_LEARNING_RATE", default_value_t = 0.01)]
-    pub ae_learning_rate: f64,
-    /// Autoencoder: mini-batch size.
-    #[arg(long, env = "KANARY_AE_BATCH_SIZE", default_value_t = 32)]
-    pub ae_batch_size: usize,
-    /// Autoencoder: epochs without a better validation loss before stopping.
-    #[arg(long, env = "KANARY_AE_PATIENCE", default_value_t = 15)]
-    pub ae_patience: usize,
-    /// Autoencoder: standard deviation of the noise added to training inputs (denoising), in
-    /// standardised units; 0 trains a plain autoencoder.
-    #[arg(long, env = "KANARY_AE_NOISE", default_value_t = 1.0)]
-    pub ae_noise: f64,
 }
 
 impl ModelOpts {
     /// The engine configuration of a model: detector, training events, features, windows.
     pub fn engine_config(&self, kind: ModelKind, train: usize) -> anyhow::Result<EngineConfig> {
-        let detector = self.detector_config(kind);
-        detector.novelty.validate().map_err(anyhow::Error::msg)?;
+        self.engine_config_with(kind, train, &BTreeMap::new())
+    }
+
+    /// [`engine_config`](Self::engine_config) with the `[models.*]` tables of a config file.
+    pub fn engine_config_with(
+        &self,
+        kind: ModelKind,
+        train: usize,
+        file_params: &BTreeMap<String, ParamMap>,
+    ) -> anyhow::Result<EngineConfig> {
+        let mut params = self.model_params(file_params)?;
+        let detector = self.detector_config(kind, params.remove(&kind).unwrap_or_default());
+        detector.check()?;
         let mut c = EngineConfig::new(detector);
         c.train_events = train;
         c.features = self.features.clone();
@@ -218,31 +180,31 @@ impl ModelOpts {
         Ok(Some(spec))
     }
 
-    pub fn detector_config(&self, kind: ModelKind) -> DetectorConfig {
+    /// The parameters given for each model, `--param` over the config file's
+    /// `[models.MODEL]` tables, each checked against its model's parameter struct.
+    pub fn model_params(
+        &self,
+        file: &BTreeMap<String, ParamMap>,
+    ) -> Result<BTreeMap<ModelKind, ParamMap>, ParamError> {
+        let mut out: BTreeMap<ModelKind, ParamMap> = BTreeMap::new();
+        for (model, table) in file {
+            let kind = ModelKind::named(model)?;
+            out.entry(kind).or_default().extend(table.clone());
+        }
+        for text in &self.params {
+            let (kind, key, value) = parse_param(text)?;
+            out.entry(kind).or_default().insert(key, value);
+        }
+        for (kind, map) in &out {
+            kind.spec().params.check(kind.name(), map)?;
+        }
+        Ok(out)
+    }
+
+    pub fn detector_config(&self, kind: ModelKind, params: ParamMap) -> DetectorConfig {
         DetectorConfig {
             kind,
-            iforest: IForestParams {
-                n_trees: self.trees,
-                max_samples: self.max_samples,
-                range_aware: self.if_scoring == "range",
-                extra_depth: self.if_extra_depth,
-            },
-            autoencoder: AeParams {
-                hidden: self.ae_hidden.clone().unwrap_or_default(),
-                activation: self.ae_activation,
-                code_activation: self.ae_code_activation,
-                epochs: self.ae_epochs,
-                learning_rate: self.ae_learning_rate,
-                batch_size: self.ae_batch_size,
-                patience: self.ae_patience,
-                noise: self.ae_noise,
-                ..AeParams::default()
-            },
-            novelty: NoveltyParams {
-                alert: self.novelty_alert,
-                cooldown: self.novelty_cooldown,
-                ..NoveltyParams::default()
-            },
+            params,
             threshold: self.threshold,
             seed: self.model_seed,
             robust: !self.no_robust_fit,
@@ -291,9 +253,9 @@ pub struct EvalArgs {
     /// JSONL file of events to replay (`.jsonl.gz` is read directly).
     #[arg(long)]
     pub input: PathBuf,
-    /// Models to evaluate, comma-separated: if, ae, zscore, novelty.
-    #[arg(long, default_value = "if")]
-    pub model: ModelList,
+    /// Models to evaluate, comma-separated.
+    #[arg(long, help = models_help("Models to evaluate, comma-separated [default: if; with --model-file: its model]"))]
+    pub model: Option<ModelList>,
     /// Fit each service's model on its first N events (they are not scored).
     #[arg(long, default_value_t = 1000)]
     pub train: usize,
@@ -327,12 +289,27 @@ pub struct EvalArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ModelsArgs {
+    /// Print one JSON object per model instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A model-list help line that names the registered models.
+fn models_help(lead: &str) -> String {
+    format!(
+        "{lead}: {} (`kanary models` describes each)",
+        ModelKind::names()
+    )
+}
+
+#[derive(Debug, Args)]
 pub struct TrainArgs {
     /// JSONL file of events to fit on.
     #[arg(long)]
     pub input: PathBuf,
-    /// Model to fit: if, ae or zscore (novelty is streaming: it needs no fit).
-    #[arg(long, default_value = "if")]
+    /// Model to fit (a streaming model learns the file instead).
+    #[arg(long, default_value = "if", help = models_help("Model to fit (a streaming model learns the file instead)"))]
     pub model: ModelKind,
     /// Fit each service on at most its first N events (default: all of them).
     #[arg(long)]
@@ -346,8 +323,8 @@ pub struct TrainArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Model to benchmark: if, ae or zscore.
-    #[arg(long, default_value = "if")]
+    /// Model to benchmark.
+    #[arg(long, default_value = "if", help = models_help("Model to benchmark"))]
     pub model: ModelKind,
     /// Events scored per timed run.
     #[arg(long, default_value_t = 1_000_000)]
@@ -373,9 +350,8 @@ pub struct NabArgs {
     /// NAB windows file (`labels/combined_windows.json` format).
     #[arg(long)]
     pub windows: PathBuf,
-    /// Detector(s), comma-separated: novelty, if, ae, zscore. With several, results go to
-    /// `--results/<model>/`.
-    #[arg(long, default_value = "novelty")]
+    /// Detector(s), comma-separated. With several, results go to `--results/<model>/`.
+    #[arg(long, default_value = "novelty", help = models_help("Detector(s), comma-separated; with several, results go to `--results/<model>/`"))]
     pub model: ModelList,
     /// Directory for `<category>/<file>.csv` results.
     #[arg(long)]
@@ -410,6 +386,56 @@ pub struct DemoArgs {
     /// Print no per-second summary line.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub opts: ModelOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct DetectArgs {
+    /// Models to run, comma-separated; they share one consumer.
+    #[arg(long, env = "KANARY_MODEL", help = models_help("Models to run, comma-separated; they share one consumer"))]
+    pub model: Option<ModelList>,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KANARY_BROKERS")]
+    pub brokers: Option<String>,
+    /// Topic to consume [default: service-metrics].
+    #[arg(long, env = "KANARY_TOPIC")]
+    pub topic: Option<String>,
+    /// Consumer group [default: kanary-<model>, e.g. kanary-if or kanary-if-ae].
+    #[arg(long, env = "KANARY_GROUP")]
+    pub group: Option<String>,
+    /// HTTP address for /metrics, /healthz, /readyz and the live page [default: 0.0.0.0:9898].
+    #[arg(long, env = "KANARY_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Topic for anomaly records [default: anomalies].
+    #[arg(long, env = "KANARY_ANOMALIES_TOPIC")]
+    pub anomalies_topic: Option<String>,
+    /// Dead-letter topic for unusable input, reason in the `kanary-reason` header
+    /// [default: service-metrics-dlq].
+    #[arg(long, env = "KANARY_DLQ_TOPIC")]
+    pub dlq_topic: Option<String>,
+    /// Load this model file (from `kanary train`) for the model of its kind instead of fitting.
+    #[arg(long, env = "KANARY_MODEL_FILE")]
+    pub model_file: Option<PathBuf>,
+    /// Directory where fitted models are saved (`<model>.kanary`) and reloaded on restart
+    /// [default: ./kanary-state].
+    #[arg(long, env = "KANARY_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Events per service to fit on before scoring [default: 1000].
+    #[arg(long, env = "KANARY_TRAIN")]
+    pub train: Option<usize>,
+    /// Largest batch taken from the consumer at once [default: 2000].
+    #[arg(long, env = "KANARY_BATCH_SIZE")]
+    pub batch_size: Option<usize>,
+    /// librdkafka property `key=value`, passed through (repeatable), e.g.
+    /// security.protocol=SASL_SSL. One value may hold several, comma-separated
+    /// (`a=1,b=2`, handy in the environment variable); a comma not followed by `key=` belongs
+    /// to the value (`partition.assignment.strategy=range,roundrobin`).
+    #[arg(long = "kafka-opt", env = "KANARY_KAFKA_OPT", value_name = "KEY=VALUE")]
+    pub kafka_opts: Vec<String>,
+    /// TOML configuration file (flags and environment variables take precedence).
+    #[arg(long, env = "KANARY_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub opts: ModelOpts,
 }

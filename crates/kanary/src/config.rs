@@ -14,6 +14,9 @@
 //! state_dir = "/var/lib/kanary"
 //! train = 1000
 //!
+//! [models.if]        # model parameters (`kanary models` lists them)
+//! trees = 200
+//!
 //! [kafka]            # any librdkafka property, passed through
 //! "security.protocol" = "SASL_SSL"
 //! "sasl.mechanism" = "SCRAM-SHA-512"
@@ -24,6 +27,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use kanary_core::registry::ParamMap;
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -43,6 +47,9 @@ pub struct FileConfig {
     /// librdkafka properties.
     #[serde(default)]
     pub kafka: BTreeMap<String, toml::Value>,
+    /// Model parameters, one table per model.
+    #[serde(default)]
+    pub models: BTreeMap<String, toml::Table>,
 }
 
 impl FileConfig {
@@ -54,6 +61,21 @@ impl FileConfig {
 
     pub fn parse(text: &str) -> Result<Self> {
         Ok(toml::from_str(text)?)
+    }
+
+    /// The `[models.*]` tables as JSON parameter maps (checked later against each model).
+    pub fn model_params(&self) -> Result<BTreeMap<String, ParamMap>> {
+        self.models
+            .iter()
+            .map(|(model, table)| {
+                let value = serde_json::to_value(table)
+                    .with_context(|| format!("config file: [models.{model}]"))?;
+                match value {
+                    serde_json::Value::Object(m) => Ok((model.clone(), m)),
+                    _ => anyhow::bail!("config file: [models.{model}] must be a table"),
+                }
+            })
+            .collect()
     }
 
     /// The `[kafka]` table as `key=value` strings.

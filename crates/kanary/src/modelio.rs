@@ -93,6 +93,7 @@ mod tests {
             created_at: 1.0,
             offsets: Vec::new(),
             detectors: vec![("svc".into(), m)],
+            streams: Vec::new(),
         }
     }
 
@@ -100,10 +101,13 @@ mod tests {
     fn save_then_load_and_mismatch_errors() {
         let dir = std::env::temp_dir().join(format!("kanary-modelio-{}", std::process::id()));
         let path = dir.join("nested").join("m.kanary");
-        let f = sample(ModelKind::ZScore);
+        let f = sample(ModelKind::named("zscore").unwrap());
         save(&path, &f).unwrap();
-        assert_eq!(load(&path, Some(ModelKind::ZScore)).unwrap(), f);
-        let err = load(&path, Some(ModelKind::IForest))
+        assert_eq!(
+            load(&path, Some(ModelKind::named("zscore").unwrap())).unwrap(),
+            f
+        );
+        let err = load(&path, Some(ModelKind::named("if").unwrap()))
             .unwrap_err()
             .to_string();
         assert!(err.contains("holds `zscore` models"), "{err}");

@@ -117,13 +117,9 @@ impl Pipeline {
     /// services loaded, or `None` when no configured model has that kind.
     pub fn load(&mut self, file: &ModelFile) -> Option<usize> {
         let i = self.runners.iter().position(|r| r.kind == file.kind)?;
-        for (service, m) in &file.detectors {
-            self.runners[i]
-                .engine
-                .insert_model(service.clone(), m.clone());
-        }
+        let n = file.install(&mut self.runners[i].engine).ok()?;
         self.after_fit(i);
-        Some(file.detectors.len())
+        Some(n)
     }
 
     /// A model file holding model `i`'s fitted services.
@@ -141,6 +137,7 @@ impl Pipeline {
             created_at: now,
             offsets: Vec::new(),
             detectors,
+            streams: r.engine.streams(),
         }
     }
 
@@ -302,7 +299,7 @@ impl Pipeline {
                     last_latency = Some(latency);
                     r.handles.event_latency.observe(latency);
                     r.handles.score.observe(s.score);
-                    if r.kind == ModelKind::Autoencoder {
+                    if r.kind.spec().reconstruction_error {
                         last_error.insert(ev.service.as_str(), s.score);
                     }
                     last_threshold.insert(ev.service.as_str(), s.threshold);
@@ -527,7 +524,13 @@ mod tests {
 
     #[test]
     fn bad_input_is_counted_and_dead_lettered_once() {
-        let (mut p, metrics) = pipeline(&[ModelKind::ZScore, ModelKind::IForest], 50);
+        let (mut p, metrics) = pipeline(
+            &[
+                ModelKind::named("zscore").unwrap(),
+                ModelKind::named("if").unwrap(),
+            ],
+            50,
+        );
         let mut payloads: Vec<String> = Simulator::new(Scenario::Seed, 1, DEFAULT_START_TS)
             .take(100)
             .map(|e| e.to_json())
@@ -565,7 +568,7 @@ mod tests {
 
     #[test]
     fn anomaly_records_follow_the_schema() {
-        let (mut p, _) = pipeline(&[ModelKind::ZScore], 100);
+        let (mut p, _) = pipeline(&[ModelKind::named("zscore").unwrap()], 100);
         let mut events: Vec<Event> = Simulator::new(Scenario::Seed, 2, DEFAULT_START_TS)
             .take(100)
             .collect();

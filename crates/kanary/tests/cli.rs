@@ -126,8 +126,8 @@ fn eval_reports_the_design_keys_and_the_models_pass_the_f1_bar() {
         "if",
         "--threshold",
         "contamination:0.02",
-        "--if-scoring",
-        "sklearn",
+        "--param",
+        "if.range_aware=false",
         "--no-robust-fit",
     ]);
     assert!(thesis[0]["f1"].as_f64().unwrap() < 0.8);

@@ -18,7 +18,13 @@ use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
 use super::nn::{Activation, Adam, Mlp};
+use crate::detector::{Detector, FitError};
+use crate::registry::{
+    Build, FittedModel, FittedPair, InvalidParam, ModelParams, ModelSpec, ParamMap, Schema,
+    decode_state, encode_state,
+};
 use crate::rng::Rng;
+use crate::threshold::ThresholdMethod;
 
 /// Autoencoder hyper-parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -292,6 +298,129 @@ fn select_rows_into(all: &ArrayView2<f64>, idx: &[usize], buf: Array2<f64>) -> A
         v.extend(all.row(i).iter());
     }
     Array2::from_shape_vec((idx.len(), d), v).expect("selected rows")
+}
+
+impl ModelParams for AeParams {
+    const HELP: &'static [(&'static str, &'static str)] = &[
+        (
+            "hidden",
+            "hidden widths, e.g. [16,8,16] (the thesis' shape); empty: h,ceil(d/2),h with h = clamp(4d, 16, 64)",
+        ),
+        (
+            "activation",
+            "activation of the hidden layers: relu, tanh or identity",
+        ),
+        (
+            "code_activation",
+            "activation of the code (narrowest) layer",
+        ),
+        (
+            "epochs",
+            "maximum training epochs (early stopping on a validation split)",
+        ),
+        ("batch_size", "mini-batch size"),
+        ("learning_rate", "Adam learning rate"),
+        (
+            "validation_fraction",
+            "share of training rows held out for early stopping (0 disables it)",
+        ),
+        (
+            "patience",
+            "epochs without a better validation loss before stopping",
+        ),
+        (
+            "noise",
+            "standard deviation of the denoising input noise, standardised units (0: plain)",
+        ),
+    ];
+
+    fn validate(&self) -> Result<(), InvalidParam> {
+        if self.hidden.contains(&0) {
+            return Err(InvalidParam::new("hidden", "widths must be at least 1"));
+        }
+        if self.epochs == 0 {
+            return Err(InvalidParam::new("epochs", "must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(InvalidParam::new("batch_size", "must be at least 1"));
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return Err(InvalidParam::new(
+                "learning_rate",
+                "must be a positive number",
+            ));
+        }
+        if !(0.0..0.9).contains(&self.validation_fraction) {
+            return Err(InvalidParam::new(
+                "validation_fraction",
+                "must be in [0, 0.9)",
+            ));
+        }
+        if !(self.noise >= 0.0 && self.noise.is_finite()) {
+            return Err(InvalidParam::new("noise", "must be 0 or a positive number"));
+        }
+        Ok(())
+    }
+}
+
+/// The registry entry of `ae`. Reconstruction errors have exponential-like tails: the
+/// peaks-over-threshold fit.
+pub const SPEC: ModelSpec = ModelSpec {
+    name: "ae",
+    aliases: &["autoencoder"],
+    summary: "dense denoising autoencoder: score = reconstruction error",
+    params: &Schema::<AeParams>::new(),
+    default_threshold: ThresholdMethod::Pot {
+        risk: 1e-4,
+        level: 0.9,
+    },
+    reconstruction_error: true,
+    build: Build::Fitted {
+        fit,
+        load,
+        robust_refit: true,
+    },
+};
+
+fn fit(p: &ParamMap, data: &[f64], dim: usize, seed: u64) -> Result<FittedPair, FitError> {
+    let p = AeParams::from_map(SPEC.name, p)?;
+    let m = Autoencoder::fit(data, dim, &p, seed)?;
+    let mut scores = vec![0.0; data.len() / dim.max(1)];
+    m.score_batch(data, &mut scores);
+    Ok((Box::new(m), scores))
+}
+
+fn load(bytes: &[u8]) -> Result<Box<dyn FittedModel>, String> {
+    let m: Autoencoder = decode_state(bytes)?;
+    Autoencoder::validate(&m)?;
+    Ok(Box::new(m))
+}
+
+impl Detector for Autoencoder {
+    fn dim(&self) -> usize {
+        Autoencoder::dim(self)
+    }
+    fn score(&self, x: &[f64]) -> f64 {
+        Autoencoder::score(self, x)
+    }
+    fn score_batch(&self, xs: &[f64], out: &mut [f64]) {
+        Autoencoder::score_batch(self, xs, out)
+    }
+    fn contributions(&self, x: &[f64], out: &mut [f64]) {
+        Autoencoder::contributions(self, x, out)
+    }
+}
+
+impl FittedModel for Autoencoder {
+    fn save(&self) -> Vec<u8> {
+        encode_state(self)
+    }
+    fn validate(&self) -> Result<(), String> {
+        Autoencoder::validate(self)
+    }
+    fn clone_box(&self) -> Box<dyn FittedModel> {
+        Box::new(self.clone())
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::detector::{Detector, FitError};
+use crate::registry::{
+    Build, FittedModel, FittedPair, InvalidParam, ModelParams, ModelSpec, ParamMap, Schema,
+    decode_state, encode_state,
+};
 use crate::rng::Rng;
+use crate::threshold::ThresholdMethod;
 
 /// Euler–Mascheroni constant.
 const EULER_GAMMA: f64 = 0.577_215_664_901_532_9;
@@ -44,8 +50,10 @@ pub fn average_path_length(n: usize) -> f64 {
 
 /// Isolation Forest hyper-parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct IForestParams {
     /// Number of trees.
+    #[serde(rename = "trees")]
     pub n_trees: usize,
     /// Rows per tree (capped by the number of training rows).
     pub max_samples: usize,
@@ -705,6 +713,97 @@ impl TreeBuilder<'_> {
         }
         self.leaves[i - n_internal] = (level as f64 + average_path_length(size)) as f32;
         self.leaf_sizes[i - n_internal] = size16;
+    }
+}
+
+impl ModelParams for IForestParams {
+    const HELP: &'static [(&'static str, &'static str)] = &[
+        ("trees", "number of trees"),
+        ("max_samples", "rows per tree (capped by the training set)"),
+        (
+            "range_aware",
+            "isolate rows beyond a node's training range (false: score exactly as scikit-learn)",
+        ),
+        (
+            "extra_depth",
+            "levels beyond scikit-learn's height limit ceil(log2(max_samples))",
+        ),
+    ];
+
+    fn validate(&self) -> Result<(), InvalidParam> {
+        if self.n_trees == 0 {
+            return Err(InvalidParam::new("trees", "must be at least 1"));
+        }
+        if !(2..=MAX_SAMPLES_LIMIT).contains(&self.max_samples) {
+            return Err(InvalidParam::new(
+                "max_samples",
+                format!("must be in 2..={MAX_SAMPLES_LIMIT}"),
+            ));
+        }
+        if self.extra_depth > MAX_DEPTH {
+            return Err(InvalidParam::new(
+                "extra_depth",
+                format!("must be at most {MAX_DEPTH}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The registry entry of `if`.
+///
+/// Isolation Forest scores are averages over trees, with a short, light upper tail that an
+/// exponential tail fit overshoots: they get `median + 5·MAD` (docs/models.md).
+pub const SPEC: ModelSpec = ModelSpec {
+    name: "if",
+    aliases: &["iforest", "isolation-forest"],
+    summary: "Isolation Forest: rows that few random splits isolate score high",
+    params: &Schema::<IForestParams>::new(),
+    default_threshold: ThresholdMethod::Mad { k: 5.0 },
+    reconstruction_error: false,
+    build: Build::Fitted {
+        fit,
+        load,
+        robust_refit: true,
+    },
+};
+
+fn fit(p: &ParamMap, data: &[f64], dim: usize, seed: u64) -> Result<FittedPair, FitError> {
+    let p = IForestParams::from_map(SPEC.name, p)?;
+    let (f, oob) = IsolationForest::fit_with_oob(data, dim, &p, seed)?;
+    Ok((Box::new(f), oob))
+}
+
+fn load(bytes: &[u8]) -> Result<Box<dyn FittedModel>, String> {
+    let m: IsolationForest = decode_state(bytes)?;
+    IsolationForest::validate(&m)?;
+    Ok(Box::new(m))
+}
+
+impl Detector for IsolationForest {
+    fn dim(&self) -> usize {
+        IsolationForest::dim(self)
+    }
+    fn score(&self, x: &[f64]) -> f64 {
+        IsolationForest::score(self, x)
+    }
+    fn score_batch(&self, xs: &[f64], out: &mut [f64]) {
+        IsolationForest::score_batch(self, xs, out)
+    }
+    fn contributions(&self, x: &[f64], out: &mut [f64]) {
+        IsolationForest::contributions(self, x, out)
+    }
+}
+
+impl FittedModel for IsolationForest {
+    fn save(&self) -> Vec<u8> {
+        encode_state(self)
+    }
+    fn validate(&self) -> Result<(), String> {
+        IsolationForest::validate(self)
+    }
+    fn clone_box(&self) -> Box<dyn FittedModel> {
+        Box::new(self.clone())
     }
 }
 

@@ -25,7 +25,12 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::features::median_in_place;
+use crate::registry::{
+    Build, InvalidParam, ModelParams, ModelSpec, ParamError, ParamMap, Schema, decode_state,
+    encode_state,
+};
 use crate::streaming::{Step, StreamingDetector, normalise_shares};
+use crate::threshold::ThresholdMethod;
 
 /// Seconds per day, for the seasonal lags.
 const DAY: f64 = 86_400.0;
@@ -83,23 +88,97 @@ impl Default for NoveltyParams {
 impl NoveltyParams {
     /// The score at and above which an event is flagged: `alert / (alert + alert)`.
     pub const THRESHOLD: f64 = 0.5;
+}
 
-    pub fn validate(&self) -> Result<(), String> {
-        if self.baseline < self.min_history.max(1)
-            || self.every == 0
-            || self.mean_window == 0
-            || self.horizon == 0
-        {
-            return Err("novelty windows must be positive and baseline >= min_history".into());
+impl ModelParams for NoveltyParams {
+    const HELP: &'static [(&'static str, &'static str)] = &[
+        ("baseline", "baseline median over this many previous values"),
+        ("every", "recompute the median every this many events"),
+        ("min_history", "values needed before the median is defined"),
+        ("mean_window", "window of the windowed mean"),
+        (
+            "days",
+            "seasonal lags: the same time 1..=days days earlier (at most 16)",
+        ),
+        (
+            "seasonal_cap",
+            "seasonal history kept per column, in events",
+        ),
+        (
+            "warm",
+            "events at the start of a stream that are never flagged",
+        ),
+        (
+            "alert",
+            "alarm level of the record ratio (1.05: 5% beyond every earlier deviation; lower flags more)",
+        ),
+        (
+            "cooldown",
+            "events after an alarm during which no new alarm is raised",
+        ),
+        (
+            "horizon",
+            "records are the maxima over this many previous events",
+        ),
+    ];
+
+    fn validate(&self) -> Result<(), InvalidParam> {
+        for (key, v) in [
+            ("every", self.every),
+            ("mean_window", self.mean_window),
+            ("horizon", self.horizon),
+            ("baseline", self.baseline),
+        ] {
+            if v == 0 {
+                return Err(InvalidParam::new(key, "must be at least 1"));
+            }
+        }
+        if self.baseline < self.min_history {
+            return Err(InvalidParam::new(
+                "baseline",
+                "must be at least min_history",
+            ));
         }
         if !(self.alert > 0.0 && self.alert.is_finite()) {
-            return Err("novelty alert level must be a positive number".into());
+            return Err(InvalidParam::new("alert", "must be a positive number"));
         }
         if self.days > 16 {
-            return Err("novelty looks back at most 16 days".into());
+            return Err(InvalidParam::new("days", "must be at most 16"));
         }
         Ok(())
     }
+}
+
+/// The registry entry of `novelty`.
+pub const SPEC: ModelSpec = ModelSpec {
+    name: "novelty",
+    aliases: &["record-ratio"],
+    summary: "record-ratio novelty: deviations beyond every earlier one, per column",
+    params: &Schema::<NoveltyParams>::new(),
+    default_threshold: ThresholdMethod::Fixed {
+        value: NoveltyParams::THRESHOLD,
+    },
+    reconstruction_error: false,
+    build: Build::Streaming {
+        new: new_streaming,
+        load: load_streaming,
+    },
+};
+
+fn new_streaming(
+    p: &ParamMap,
+    dim: usize,
+    _seed: u64,
+) -> Result<Box<dyn StreamingDetector>, ParamError> {
+    Ok(Box::new(Novelty::new(
+        NoveltyParams::from_map(SPEC.name, p)?,
+        dim,
+    )))
+}
+
+fn load_streaming(bytes: &[u8]) -> Result<Box<dyn StreamingDetector>, String> {
+    let m: Novelty = decode_state(bytes)?;
+    Ok(Box::new(m))
 }
 
 /// A value's ratio to its record: 0 for nothing, a large constant for the first change after
@@ -115,7 +194,7 @@ fn record_ratio(f: f64, record: f64) -> f64 {
 }
 
 /// Warm-up, cooldown after an alarm, and the mapping of a ratio to a score.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Alarm {
     cool_until: Option<u64>,
 }
@@ -140,7 +219,7 @@ impl Alarm {
 }
 
 /// Sliding maximum over the last `horizon` events (monotone deque).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct SlidingMax {
     q: VecDeque<(u64, f64)>,
 }
@@ -166,7 +245,7 @@ impl SlidingMax {
 }
 
 /// The state of one input column.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Column {
     /// Previous `baseline` values (ring) and a scratch copy for the median.
     ring: VecDeque<f64>,
@@ -281,7 +360,7 @@ impl Column {
 }
 
 /// The detector's state for one stream (one service): one [`Column`] per input feature.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Novelty {
     params: NoveltyParams,
     columns: Vec<Column>,
@@ -381,6 +460,10 @@ impl StreamingDetector for Novelty {
 
     fn clone_box(&self) -> Box<dyn StreamingDetector> {
         Box::new(self.clone())
+    }
+
+    fn save(&self) -> Vec<u8> {
+        encode_state(self)
     }
 }
 

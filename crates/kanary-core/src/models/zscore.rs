@@ -5,7 +5,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::detector::{Detector, FitError};
 use crate::features::median_mad;
+use crate::registry::{
+    Build, FittedModel, FittedPair, ModelSpec, NoParams, ParamMap, Schema, decode_state,
+    encode_state,
+};
+use crate::threshold::ThresholdMethod;
 
 /// Scale factor that makes the MAD a consistent estimator of a normal standard deviation.
 pub const MAD_TO_SD: f64 = 1.482_602_218_505_602;
@@ -70,6 +76,68 @@ impl RobustZ {
         if total > 0.0 {
             out.iter_mut().for_each(|o| *o /= total);
         }
+    }
+}
+
+/// The registry entry of `zscore`.
+pub const SPEC: ModelSpec = ModelSpec {
+    name: "zscore",
+    aliases: &["z", "robust-z"],
+    summary: "robust z-score baseline: largest distance from the training median in MADs",
+    params: &Schema::<NoParams>::new(),
+    default_threshold: ThresholdMethod::Pot {
+        risk: 1e-4,
+        level: 0.9,
+    },
+    reconstruction_error: false,
+    build: Build::Fitted {
+        fit,
+        load,
+        robust_refit: false,
+    },
+};
+
+fn fit(_: &ParamMap, data: &[f64], dim: usize, _seed: u64) -> Result<FittedPair, FitError> {
+    let m = RobustZ::fit(data, dim).ok_or(FitError::NoFeatures)?;
+    let n = data.len() / dim.max(1);
+    let mut scores = vec![0.0; n];
+    m.score_batch(data, &mut scores);
+    Ok((Box::new(m), scores))
+}
+
+fn load(bytes: &[u8]) -> Result<Box<dyn FittedModel>, String> {
+    let m: RobustZ = decode_state(bytes)?;
+    FittedModel::validate(&m)?;
+    Ok(Box::new(m))
+}
+
+impl Detector for RobustZ {
+    fn dim(&self) -> usize {
+        self.median.len()
+    }
+    fn score(&self, x: &[f64]) -> f64 {
+        RobustZ::score(self, x)
+    }
+    fn contributions(&self, x: &[f64], out: &mut [f64]) {
+        RobustZ::contributions(self, x, out)
+    }
+}
+
+impl FittedModel for RobustZ {
+    fn save(&self) -> Vec<u8> {
+        encode_state(self)
+    }
+    fn validate(&self) -> Result<(), String> {
+        if self.median.len() != self.scale.len() {
+            return Err("median and scale lengths differ".into());
+        }
+        if self.scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err("scales must be positive".into());
+        }
+        Ok(())
+    }
+    fn clone_box(&self) -> Box<dyn FittedModel> {
+        Box::new(self.clone())
     }
 }
 

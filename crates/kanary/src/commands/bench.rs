@@ -49,7 +49,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         rows.extend_from_slice(&row);
     }
     let (train, test) = rows.split_at_mut(args.train * 3);
-    let cfg = args.opts.detector_config(args.model);
+    let cfg = args.opts.engine_config(args.model, args.train)?.detector;
     let t = Instant::now();
     let fitted = FittedDetector::fit(&cfg, features.clone(), train, 0.0)?;
     let fit_seconds = t.elapsed().as_secs_f64();

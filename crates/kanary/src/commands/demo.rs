@@ -35,7 +35,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
 }
 
 async fn demo(args: DemoArgs) -> Result<()> {
-    let kinds = [ModelKind::IForest, ModelKind::Autoencoder];
+    let kinds = [
+        ModelKind::named("if").unwrap(),
+        ModelKind::named("ae").unwrap(),
+    ];
     let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
     let metrics = Metrics::new(&names);
     let live = Arc::new(Live::new("kanary demo", &names));

@@ -11,6 +11,7 @@
 //! stored offsets every second, the rebalance callback drains in-flight batches and commits
 //! before partitions are given up, and shutdown drains and commits before leaving the group.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use kanary_core::registry::ParamMap;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
@@ -29,7 +30,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use crate::cli::{ModelList, ModelOpts};
+use crate::cli::{DetectArgs, ModelList, ModelOpts};
 use crate::config::FileConfig;
 use crate::http::{AppState, Readiness};
 use crate::live::Live;
@@ -37,60 +38,12 @@ use crate::pipeline::{BatchOutput, Message, Pipeline};
 use crate::telemetry::{Metrics, ModelPartition};
 use crate::{commands, kafka, modelio};
 
-#[derive(Debug, Args)]
-pub struct DetectArgs {
-    /// Models to run, comma-separated (if, ae, zscore, novelty); they share one consumer.
-    #[arg(long, env = "KANARY_MODEL")]
-    pub model: Option<ModelList>,
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KANARY_BROKERS")]
-    pub brokers: Option<String>,
-    /// Topic to consume [default: service-metrics].
-    #[arg(long, env = "KANARY_TOPIC")]
-    pub topic: Option<String>,
-    /// Consumer group [default: kanary-<model>, e.g. kanary-if or kanary-if-ae].
-    #[arg(long, env = "KANARY_GROUP")]
-    pub group: Option<String>,
-    /// HTTP address for /metrics, /healthz, /readyz and the live page [default: 0.0.0.0:9898].
-    #[arg(long, env = "KANARY_METRICS_ADDR")]
-    pub metrics_addr: Option<SocketAddr>,
-    /// Topic for anomaly records [default: anomalies].
-    #[arg(long, env = "KANARY_ANOMALIES_TOPIC")]
-    pub anomalies_topic: Option<String>,
-    /// Dead-letter topic for unusable input, reason in the `kanary-reason` header
-    /// [default: service-metrics-dlq].
-    #[arg(long, env = "KANARY_DLQ_TOPIC")]
-    pub dlq_topic: Option<String>,
-    /// Load this model file (from `kanary train`) for the model of its kind instead of fitting.
-    #[arg(long, env = "KANARY_MODEL_FILE")]
-    pub model_file: Option<PathBuf>,
-    /// Directory where fitted models are saved (`<model>.kanary`) and reloaded on restart
-    /// [default: ./kanary-state].
-    #[arg(long, env = "KANARY_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// Events per service to fit on before scoring [default: 1000].
-    #[arg(long, env = "KANARY_TRAIN")]
-    pub train: Option<usize>,
-    /// Largest batch taken from the consumer at once [default: 2000].
-    #[arg(long, env = "KANARY_BATCH_SIZE")]
-    pub batch_size: Option<usize>,
-    /// librdkafka property `key=value`, passed through (repeatable), e.g.
-    /// security.protocol=SASL_SSL. One value may hold several, comma-separated
-    /// (`a=1,b=2`, handy in the environment variable); a comma not followed by `key=` belongs
-    /// to the value (`partition.assignment.strategy=range,roundrobin`).
-    #[arg(long = "kafka-opt", env = "KANARY_KAFKA_OPT", value_name = "KEY=VALUE")]
-    pub kafka_opts: Vec<String>,
-    /// TOML configuration file (flags and environment variables take precedence).
-    #[arg(long, env = "KANARY_CONFIG")]
-    pub config: Option<PathBuf>,
-    #[command(flatten)]
-    pub opts: ModelOpts,
-}
-
 /// Settings after merging flags, environment and the config file.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub models: ModelList,
+    /// The config file's `[models.MODEL]` tables.
+    pub model_params: BTreeMap<String, ParamMap>,
     pub brokers: String,
     pub topic: String,
     pub group: String,
@@ -115,7 +68,10 @@ impl Settings {
             (None, Some(s)) => s
                 .parse::<ModelList>()
                 .map_err(|e| anyhow::anyhow!("config file: model: {e}"))?,
-            (None, None) => bail!("no model given: pass --model if|ae|zscore (or KANARY_MODEL)"),
+            (None, None) => bail!(
+                "no model given: pass --model with one of {} (or KANARY_MODEL)",
+                kanary_core::registry::ModelKind::names()
+            ),
         };
         let Some(brokers) = a.brokers.clone().or(file.brokers.clone()) else {
             bail!("no Kafka brokers given: pass --brokers HOST:PORT (or KANARY_BROKERS)");
@@ -153,6 +109,7 @@ impl Settings {
             train: a.train.or(file.train).unwrap_or(1000),
             batch_size,
             kafka_opts,
+            model_params: file.model_params()?,
             models,
         })
     }
@@ -329,7 +286,7 @@ async fn serve(s: Settings, opts: ModelOpts) -> Result<()> {
         .models
         .0
         .iter()
-        .map(|&k| opts.engine_config(k, s.train))
+        .map(|&k| opts.engine_config_with(k, s.train, &s.model_params))
         .collect::<Result<Vec<_>>>()?;
     let mut pipeline = Pipeline::new(configs, metrics.clone(), live.clone());
     std::fs::create_dir_all(&s.state_dir)

@@ -20,6 +20,11 @@ use crate::cli::EvalArgs;
 use crate::input::read_events;
 use crate::{modelio, report};
 
+/// The model `eval` runs when `--model` is not given.
+pub fn default_model() -> ModelKind {
+    ModelKind::named("if").expect("registered")
+}
+
 /// Events handed to the engine per call, as the service's poll batches.
 pub const BATCH: usize = 1024;
 
@@ -104,11 +109,22 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Some(p) => Some(modelio::load(p, None)?),
         None => None,
     };
-    let mut models = args.model.0.clone();
-    if let Some(mf) = &model_file {
+    let models = match (&model_file, &args.model) {
         // A model file holds one kind: evaluate that kind.
-        models = vec![mf.kind];
-    }
+        (Some(mf), None) => vec![mf.kind],
+        (Some(mf), Some(list)) if list.0 != [mf.kind] => bail!(
+            "--model {} asks for other models than the model file holds (`{}`): drop --model or pass --model {}",
+            list.0
+                .iter()
+                .map(|k| k.name())
+                .collect::<Vec<_>>()
+                .join(","),
+            mf.kind,
+            mf.kind
+        ),
+        (_, Some(list)) => list.0.clone(),
+        (None, None) => vec![default_model()],
+    };
     let mut scores_out = match &args.scores {
         Some(p) => Some(BufWriter::new(
             File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
@@ -135,9 +151,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 })?;
         }
         if let Some(mf) = &model_file {
-            for (svc, m) in &mf.detectors {
-                engine.insert_model(svc.clone(), m.clone());
-            }
+            mf.install(&mut engine).map_err(anyhow::Error::msg)?;
         }
         let prefit = fit_start.elapsed().as_secs_f64();
         let run = replay(

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod demo;
 pub mod detect;
 pub mod eval;
+pub mod models;
 pub mod nab;
 pub mod simulate;
 pub mod train;
@@ -20,6 +21,7 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Train(a) => train::run(a),
         Command::Nab(a) => nab::run(a),
+        Command::Models(a) => models::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Demo(a) => demo::run(a),
     }

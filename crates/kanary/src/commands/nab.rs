@@ -18,8 +18,9 @@ use kanary_core::detector::ModelKind;
 use kanary_core::engine::{Engine, EngineConfig, Outcome};
 use kanary_core::event::Event;
 use kanary_core::features::WindowSpec;
-use kanary_core::models::novelty::RecordRatio;
+use kanary_core::models::novelty::{NoveltyParams, RecordRatio};
 use kanary_core::nab::{self, PROFILES, ScoredFile, Window};
+use kanary_core::registry::ModelParams;
 use serde::Serialize;
 
 use crate::cli::NabArgs;
@@ -137,7 +138,13 @@ pub fn score_file(kind: ModelKind, f: &NabFile, args: &NabArgs) -> Result<Vec<f6
     // Fitted models' raw scores are normalised by their record ratio (see RecordRatio): a
     // fixed squashing cannot make one threshold fit files whose scores differ by orders of
     // magnitude.
-    let mut norm = RecordRatio::new(args.opts.detector_config(kind).novelty);
+    let novelty = ModelKind::named("novelty")?;
+    let params = args
+        .opts
+        .model_params(&Default::default())?
+        .remove(&novelty)
+        .unwrap_or_default();
+    let mut norm = RecordRatio::new(NoveltyParams::from_map(novelty.name(), &params)?);
     let mut scores = Vec::with_capacity(events.len());
     for o in &outcomes {
         scores.push(match o {

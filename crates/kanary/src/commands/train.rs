@@ -1,4 +1,5 @@
-//! `kanary train`: fit per-service models on a file and save them.
+//! `kanary train`: fit per-service models on a file and save them; a streaming model learns
+//! the file instead and its states are saved.
 
 use std::collections::HashMap;
 
@@ -51,6 +52,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
             m.threshold_method
         );
     }
+    let streams = engine.streams();
+    for (svc, st) in &streams {
+        eprintln!(
+            "{svc}: {} learnt [{}] from the file",
+            st.state.kind(),
+            st.features.join(", ")
+        );
+    }
     for (reason, n) in invalid {
         eprintln!("skipped {n} events: {reason}");
     }
@@ -60,6 +69,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         created_at: now,
         offsets: Vec::new(),
         detectors,
+        streams,
     };
     modelio::save(&args.output, &out)
         .with_context(|| format!("cannot save {}", args.output.display()))?;

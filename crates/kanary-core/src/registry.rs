@@ -1,0 +1,616 @@
+//! The model registry: every model kanary knows, described once.
+//!
+//! A model is one file under `models/` that defines its parameters (a serde struct with
+//! defaults and typed validation), its state, and a [`ModelSpec`]: name, one-line summary,
+//! parameter schema, default threshold rule, constructor and how its state is saved. Adding a
+//! model means writing that file and adding one line to [`MODELS`]; `--model` parsing,
+//! `--help`, `kanary models`, model files, `kanary nab`, the live page and the conformance
+//! tests all read this list.
+//!
+//! Two shapes of model exist:
+//! - *fitted* ([`Build::Fitted`]): fitted once per service on training rows, then scores
+//!   ([`FittedModel`], a [`Detector`] whose state can be saved);
+//! - *streaming* ([`Build::Streaming`]): scores from the first event and keeps learning
+//!   ([`StreamingDetector`]).
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::detector::{Detector, FitError};
+use crate::models::{autoencoder, iforest, novelty, zscore};
+use crate::streaming::StreamingDetector;
+use crate::threshold::ThresholdMethod;
+
+/// Every registered model, in the order `--help` and `kanary models` list them.
+pub static MODELS: &[&ModelSpec] = &[
+    &iforest::SPEC,
+    &autoencoder::SPEC,
+    &zscore::SPEC,
+    &novelty::SPEC,
+];
+
+/// A model's parameters as given by a user: keys and JSON values (from `--param` or a TOML
+/// table), checked against the model's parameter struct.
+pub type ParamMap = serde_json::Map<String, serde_json::Value>;
+
+/// A fitted model: a [`Detector`] whose state can be saved and checked.
+pub trait FittedModel: Detector + fmt::Debug + Send + Sync {
+    /// The model's state in the model-file encoding (postcard).
+    fn save(&self) -> Vec<u8>;
+    /// Checks internal consistency (for models read from files).
+    fn validate(&self) -> Result<(), String>;
+    /// A boxed copy.
+    fn clone_box(&self) -> Box<dyn FittedModel>;
+}
+
+/// Fits a model on standardised rows (row-major, `dim` columns) with a seed; returns it with
+/// the training rows' scores (out-of-bag where the model has them, in-sample otherwise).
+pub type FitFn = fn(&ParamMap, &[f64], usize, u64) -> Result<FittedPair, FitError>;
+/// A fitted model and the scores of its training rows.
+pub type FittedPair = (Box<dyn FittedModel>, Vec<f64>);
+/// Restores a fitted model from [`FittedModel::save`].
+pub type LoadFittedFn = fn(&[u8]) -> Result<Box<dyn FittedModel>, String>;
+/// Makes a fresh streaming model over `dim` columns with a seed.
+pub type NewStreamingFn =
+    fn(&ParamMap, usize, u64) -> Result<Box<dyn StreamingDetector>, ParamError>;
+/// Restores a streaming model from [`StreamingDetector::save`].
+pub type LoadStreamingFn = fn(&[u8]) -> Result<Box<dyn StreamingDetector>, String>;
+
+/// How a model comes to exist.
+pub enum Build {
+    Fitted {
+        fit: FitFn,
+        load: LoadFittedFn,
+        /// Refit once without the training rows the first fit finds anomalous.
+        robust_refit: bool,
+    },
+    Streaming {
+        new: NewStreamingFn,
+        load: LoadStreamingFn,
+    },
+}
+
+/// One model, described once.
+pub struct ModelSpec {
+    /// The name on the command line and in the `model` metric label.
+    pub name: &'static str,
+    /// Other accepted spellings.
+    pub aliases: &'static [&'static str],
+    /// One line for `--help` and `kanary models`.
+    pub summary: &'static str,
+    pub params: &'static dyn ParamsSchema,
+    /// The threshold rule used when none is configured.
+    pub default_threshold: ThresholdMethod,
+    /// The score is a reconstruction error (exported as `detector_reconstruction_error`).
+    pub reconstruction_error: bool,
+    pub build: Build,
+}
+
+/// A registered model, by reference: cheap to copy, compared and serialised by name.
+#[derive(Clone, Copy)]
+pub struct ModelKind(&'static ModelSpec);
+
+impl ModelKind {
+    /// Every registered model.
+    pub fn all() -> impl Iterator<Item = ModelKind> {
+        MODELS.iter().map(|s| ModelKind(s))
+    }
+
+    /// The model called `name` (or one of its aliases), case-insensitively.
+    pub fn named(name: &str) -> Result<ModelKind, UnknownModel> {
+        let n = name.trim().to_ascii_lowercase();
+        Self::all()
+            .find(|k| k.0.name == n || k.0.aliases.contains(&n.as_str()))
+            .ok_or_else(|| UnknownModel(name.to_string()))
+    }
+
+    pub fn spec(self) -> &'static ModelSpec {
+        self.0
+    }
+
+    pub fn name(self) -> &'static str {
+        self.0.name
+    }
+
+    /// Streaming models score from the first event and keep learning; they are never fitted.
+    pub fn is_streaming(self) -> bool {
+        matches!(self.0.build, Build::Streaming { .. })
+    }
+
+    pub fn default_threshold(self) -> ThresholdMethod {
+        self.0.default_threshold
+    }
+
+    /// The registered names, comma-separated, for messages and help texts.
+    pub fn names() -> String {
+        Self::all().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl PartialEq for ModelKind {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for ModelKind {}
+
+impl Hash for ModelKind {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.name.hash(state);
+    }
+}
+
+impl PartialOrd for ModelKind {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ModelKind {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.name.cmp(other.0.name)
+    }
+}
+
+impl fmt::Debug for ModelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ModelKind({})", self.0.name)
+    }
+}
+
+impl fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.name)
+    }
+}
+
+impl std::str::FromStr for ModelKind {
+    type Err = UnknownModel;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ModelKind::named(s)
+    }
+}
+
+impl Serialize for ModelKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.name)
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        ModelKind::named(&name).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Error for an unknown model name.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("unknown model `{0}`: expected one of {names}", names = ModelKind::names())]
+pub struct UnknownModel(pub String);
+
+/// A parameter a model rejects, from the model's own validation.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("`{key}` {reason}")]
+pub struct InvalidParam {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+impl InvalidParam {
+    pub fn new(key: &'static str, reason: impl Into<String>) -> Self {
+        InvalidParam {
+            key,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Why model parameters cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParamError {
+    #[error("bad parameter `{0}`: expected MODEL.KEY=VALUE, e.g. if.trees=200")]
+    Syntax(String),
+    #[error(transparent)]
+    UnknownModel(#[from] UnknownModel),
+    #[error("model `{model}` has no parameter `{key}`; its parameters: {known}")]
+    UnknownKey {
+        model: &'static str,
+        key: String,
+        known: String,
+    },
+    #[error("`{model}.{key}`: {reason}")]
+    BadValue {
+        model: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("`{model}.{}`: {}", .error.key, .error.reason)]
+    Invalid {
+        model: &'static str,
+        error: InvalidParam,
+    },
+}
+
+/// A model's parameter struct: serde with defaults for every key, one help line per key and
+/// a typed validation.
+pub trait ModelParams:
+    Serialize + DeserializeOwned + Default + Clone + fmt::Debug + 'static
+{
+    /// One line of help per key, in the order `kanary models` lists them.
+    const HELP: &'static [(&'static str, &'static str)];
+
+    /// Checks values that parse but make no sense (zero windows, negative rates, ...).
+    fn validate(&self) -> Result<(), InvalidParam> {
+        Ok(())
+    }
+
+    /// Reads parameters given as a map over the defaults, checking keys, types and values.
+    fn from_map(model: &'static str, map: &ParamMap) -> Result<Self, ParamError> {
+        let serde_json::Value::Object(defaults) =
+            serde_json::to_value(Self::default()).expect("parameters serialise to JSON")
+        else {
+            panic!("`{model}` parameters must serialise to a JSON object");
+        };
+        let mut merged = defaults.clone();
+        for (key, value) in map {
+            if !defaults.contains_key(key) {
+                return Err(ParamError::UnknownKey {
+                    model,
+                    key: key.clone(),
+                    known: defaults.keys().cloned().collect::<Vec<_>>().join(", "),
+                });
+            }
+            // Each key on its own over the defaults, so a type error names its key.
+            let mut one = defaults.clone();
+            one.insert(key.clone(), value.clone());
+            if let Err(e) = serde_json::from_value::<Self>(serde_json::Value::Object(one)) {
+                return Err(ParamError::BadValue {
+                    model,
+                    key: key.clone(),
+                    reason: e.to_string(),
+                });
+            }
+            merged.insert(key.clone(), value.clone());
+        }
+        let p: Self = serde_json::from_value(serde_json::Value::Object(merged)).map_err(|e| {
+            ParamError::BadValue {
+                model,
+                key: "(all)".into(),
+                reason: e.to_string(),
+            }
+        })?;
+        p.validate()
+            .map_err(|error| ParamError::Invalid { model, error })?;
+        Ok(p)
+    }
+}
+
+/// A parameter struct seen without its type: defaults, help and checks.
+pub trait ParamsSchema: Sync {
+    /// Every key with its default value.
+    fn defaults(&self) -> ParamMap;
+    /// One help line per key.
+    fn help(&self) -> &'static [(&'static str, &'static str)];
+    /// Checks a user's map (keys, types, values).
+    fn check(&self, model: &'static str, map: &ParamMap) -> Result<(), ParamError>;
+}
+
+/// The [`ParamsSchema`] of a parameter struct `P`.
+pub struct Schema<P>(PhantomData<fn() -> P>);
+
+impl<P> Schema<P> {
+    pub const fn new() -> Self {
+        Schema(PhantomData)
+    }
+}
+
+impl<P> Default for Schema<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<P: ModelParams> ParamsSchema for Schema<P> {
+    fn defaults(&self) -> ParamMap {
+        match serde_json::to_value(P::default()) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => ParamMap::new(),
+        }
+    }
+
+    fn help(&self) -> &'static [(&'static str, &'static str)] {
+        P::HELP
+    }
+
+    fn check(&self, model: &'static str, map: &ParamMap) -> Result<(), ParamError> {
+        P::from_map(model, map).map(|_| ())
+    }
+}
+
+/// A model without parameters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+impl ModelParams for NoParams {
+    const HELP: &'static [(&'static str, &'static str)] = &[];
+}
+
+/// Parses `MODEL.KEY=VALUE` into the model, the key and a JSON value: JSON when the text is
+/// JSON (`200`, `true`, `[16,8,16]`, `"x"`), a list of numbers for comma-separated numbers
+/// (`16,8,16`), a string otherwise.
+pub fn parse_param(text: &str) -> Result<(ModelKind, String, serde_json::Value), ParamError> {
+    let syntax = || ParamError::Syntax(text.to_string());
+    let (lhs, value) = text.split_once('=').ok_or_else(syntax)?;
+    let (model, key) = lhs.trim().split_once('.').ok_or_else(syntax)?;
+    if key.trim().is_empty() {
+        return Err(syntax());
+    }
+    let kind = ModelKind::named(model)?;
+    let value = value.trim();
+    let parsed = serde_json::from_str::<serde_json::Value>(value)
+        .ok()
+        .or_else(|| {
+            let parts: Option<Vec<serde_json::Value>> = value
+                .split(',')
+                .map(|p| serde_json::from_str::<serde_json::Number>(p.trim()).ok())
+                .map(|n| n.map(serde_json::Value::Number))
+                .collect();
+            parts.filter(|p| p.len() > 1).map(serde_json::Value::Array)
+        })
+        .unwrap_or_else(|| serde_json::Value::String(value.to_string()));
+    Ok((kind, key.trim().to_string(), parsed))
+}
+
+/// A fitted model of any registered kind, with its kind: cloned, compared and saved through
+/// the registry.
+pub struct Model {
+    kind: ModelKind,
+    inner: Box<dyn FittedModel>,
+}
+
+impl Model {
+    pub fn new(kind: ModelKind, inner: Box<dyn FittedModel>) -> Self {
+        Model { kind, inner }
+    }
+
+    pub fn kind(&self) -> ModelKind {
+        self.kind
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.inner.validate()
+    }
+
+    /// Restores a model of `kind` from its saved bytes.
+    pub fn load(kind: ModelKind, bytes: &[u8]) -> Result<Model, String> {
+        match kind.spec().build {
+            Build::Fitted { load, .. } => Ok(Model::new(kind, load(bytes)?)),
+            Build::Streaming { .. } => Err(format!("`{kind}` is a streaming model")),
+        }
+    }
+}
+
+impl Clone for Model {
+    fn clone(&self) -> Self {
+        Model {
+            kind: self.kind,
+            inner: self.inner.clone_box(),
+        }
+    }
+}
+
+impl fmt::Debug for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Model({}: {:?})", self.kind, self.inner)
+    }
+}
+
+impl PartialEq for Model {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.inner.save() == other.inner.save()
+    }
+}
+
+impl Detector for Model {
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    fn score(&self, x: &[f64]) -> f64 {
+        self.inner.score(x)
+    }
+    fn score_batch(&self, xs: &[f64], out: &mut [f64]) {
+        self.inner.score_batch(xs, out)
+    }
+    fn contributions(&self, x: &[f64], out: &mut [f64]) {
+        self.inner.contributions(x, out)
+    }
+}
+
+/// How a model's state travels: its kind's name and its own bytes.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    kind: ModelKind,
+    state: Vec<u8>,
+}
+
+impl Serialize for Model {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Saved {
+            kind: self.kind,
+            state: self.inner.save(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Model {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let saved = Saved::deserialize(d)?;
+        Model::load(saved.kind, &saved.state).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A streaming model's state of any registered kind, saved and restored through the
+/// registry.
+pub struct StreamState {
+    kind: ModelKind,
+    inner: Box<dyn StreamingDetector>,
+}
+
+impl StreamState {
+    pub fn new(kind: ModelKind, inner: Box<dyn StreamingDetector>) -> Self {
+        StreamState { kind, inner }
+    }
+
+    pub fn kind(&self) -> ModelKind {
+        self.kind
+    }
+
+    pub fn into_inner(self) -> Box<dyn StreamingDetector> {
+        self.inner
+    }
+
+    pub fn get(&self) -> &dyn StreamingDetector {
+        &*self.inner
+    }
+
+    /// Restores a streaming model of `kind` from its saved bytes.
+    pub fn load(kind: ModelKind, bytes: &[u8]) -> Result<StreamState, String> {
+        match kind.spec().build {
+            Build::Streaming { load, .. } => Ok(StreamState::new(kind, load(bytes)?)),
+            Build::Fitted { .. } => Err(format!("`{kind}` is not a streaming model")),
+        }
+    }
+}
+
+impl Clone for StreamState {
+    fn clone(&self) -> Self {
+        StreamState {
+            kind: self.kind,
+            inner: self.inner.clone_box(),
+        }
+    }
+}
+
+impl fmt::Debug for StreamState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StreamState({})", self.kind)
+    }
+}
+
+impl PartialEq for StreamState {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.inner.save() == other.inner.save()
+    }
+}
+
+impl Serialize for StreamState {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Saved {
+            kind: self.kind,
+            state: self.inner.save(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for StreamState {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let saved = Saved::deserialize(d)?;
+        StreamState::load(saved.kind, &saved.state).map_err(serde::de::Error::custom)
+    }
+}
+
+/// postcard encoding of a model's state (the format of model files).
+pub fn encode_state<T: Serialize>(state: &T) -> Vec<u8> {
+    postcard::to_stdvec(state).expect("model state serialises")
+}
+
+/// Decodes [`encode_state`] bytes.
+pub fn decode_state<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(bytes).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_aliases_round_trip() {
+        for k in ModelKind::all() {
+            assert_eq!(k.name().parse::<ModelKind>().unwrap(), k);
+            for a in k.spec().aliases {
+                assert_eq!(a.parse::<ModelKind>().unwrap(), k);
+            }
+        }
+        let err = "svm".parse::<ModelKind>().unwrap_err().to_string();
+        assert!(err.contains("svm") && err.contains("if"), "{err}");
+    }
+
+    #[test]
+    fn names_are_unique_and_every_parameter_has_help() {
+        let mut seen = std::collections::HashSet::new();
+        for k in ModelKind::all() {
+            let spec = k.spec();
+            for n in std::iter::once(&spec.name).chain(spec.aliases) {
+                assert!(seen.insert(*n), "`{n}` is registered twice");
+            }
+            assert!(!spec.summary.is_empty());
+            let defaults = spec.params.defaults();
+            let help: Vec<&str> = spec.params.help().iter().map(|(k, _)| *k).collect();
+            for key in defaults.keys() {
+                assert!(
+                    help.contains(&key.as_str()),
+                    "{}: `{key}` has no help",
+                    spec.name
+                );
+            }
+            for key in &help {
+                assert!(
+                    defaults.contains_key(*key),
+                    "{}: help for unknown `{key}`",
+                    spec.name
+                );
+            }
+            // The defaults pass their own checks.
+            spec.params.check(spec.name, &defaults).unwrap();
+        }
+    }
+
+    #[test]
+    fn parameters_parse_from_text_with_clear_errors() {
+        let (k, key, v) = parse_param("if.trees=200").unwrap();
+        assert_eq!((k.name(), key.as_str()), ("if", "trees"));
+        assert_eq!(v, serde_json::json!(200));
+        let (_, _, v) = parse_param("ae.hidden=16,8,16").unwrap();
+        assert_eq!(v, serde_json::json!([16, 8, 16]));
+        let (_, _, v) = parse_param("ae.activation=relu").unwrap();
+        assert_eq!(v, serde_json::json!("relu"));
+        assert!(matches!(parse_param("trees=3"), Err(ParamError::Syntax(_))));
+        assert!(matches!(
+            parse_param("svm.c=1"),
+            Err(ParamError::UnknownModel(_))
+        ));
+        let ifk = ModelKind::named("if").unwrap();
+        let mut m = ParamMap::new();
+        m.insert("treez".into(), serde_json::json!(1));
+        let err = ifk.spec().params.check("if", &m).unwrap_err();
+        assert!(matches!(err, ParamError::UnknownKey { .. }), "{err}");
+        assert!(err.to_string().contains("trees"), "{err}");
+        let mut m = ParamMap::new();
+        m.insert("trees".into(), serde_json::json!("many"));
+        let err = ifk.spec().params.check("if", &m).unwrap_err();
+        assert!(matches!(err, ParamError::BadValue { .. }), "{err}");
+        let mut m = ParamMap::new();
+        m.insert("trees".into(), serde_json::json!(0));
+        let err = ifk.spec().params.check("if", &m).unwrap_err();
+        assert!(matches!(err, ParamError::Invalid { .. }), "{err}");
+    }
+}
