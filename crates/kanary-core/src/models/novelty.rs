@@ -471,7 +471,7 @@ impl StreamingDetector for Novelty {
 /// the largest score of the previous `horizon` events, capped for `cooldown` events after an
 /// alarm, mapped to `r / (alert + r)` in [0, 1] (0.5 at the alarm level). Stable across streams
 /// of any scale, which a fixed squashing of raw scores is not.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecordRatio {
     params: NoveltyParams,
     record: SlidingMax,
