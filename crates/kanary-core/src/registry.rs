@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::detector::{Detector, FitError};
-use crate::models::{autoencoder, iforest, novelty, zscore};
+use crate::models::{autoencoder, hst, iforest, novelty, zscore};
 use crate::streaming::StreamingDetector;
 use crate::threshold::ThresholdMethod;
 
@@ -31,6 +31,7 @@ pub static MODELS: &[&ModelSpec] = &[
     &autoencoder::SPEC,
     &zscore::SPEC,
     &novelty::SPEC,
+    &hst::SPEC,
 ];
 
 /// A model's parameters as given by a user: keys and JSON values (from `--param` or a TOML

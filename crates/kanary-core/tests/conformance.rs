@@ -216,9 +216,10 @@ fn every_model_continues_exactly_after_a_save_and_load() {
 }
 
 #[test]
-fn every_model_flags_a_large_jump_in_an_ordinary_stream() {
-    // Not a quality bar, a sanity check that scores rank: a 50-sigma jump in latency after a
-    // long ordinary stream is flagged and its contribution names latency.
+fn every_model_ranks_a_large_jump_above_ordinary_events() {
+    // Not a quality bar (docs/models.md has those), a check that scores rank: a 30-sigma jump
+    // in latency after a long ordinary stream scores above 99% of the service's ordinary
+    // events, and its contributions name latency.
     let mut evs = ordinary(6000, 8);
     let last = evs.len() - 2;
     evs[last] = Event::new(evs[last].ts, "web")
@@ -232,11 +233,17 @@ fn every_model_flags_a_large_jump_in_an_ordinary_stream() {
         let Outcome::Scored(s) = &out[last] else {
             panic!("{kind}: the jump is not scored")
         };
-        assert!(
-            s.flagged,
-            "{kind}: score {} threshold {}",
-            s.score, s.threshold
-        );
+        let mut web: Vec<f64> = out[..last]
+            .iter()
+            .zip(&evs)
+            .filter_map(|(o, ev)| match o {
+                Outcome::Scored(x) if ev.service == "web" => Some(x.score),
+                _ => None,
+            })
+            .collect();
+        web.sort_by(f64::total_cmp);
+        let p99 = web[web.len() * 99 / 100];
+        assert!(s.score > p99, "{kind}: jump {} vs p99 {p99}", s.score);
         let top = s
             .contributions
             .iter()
