@@ -417,13 +417,18 @@ pub struct DetectArgs {
     /// Load this model file (from `kanary train`) for the model of its kind instead of fitting.
     #[arg(long, env = "KANARY_MODEL_FILE")]
     pub model_file: Option<PathBuf>,
-    /// Directory where fitted models are saved (`<model>.kanary`) and reloaded on restart
-    /// [default: ./kanary-state].
+    /// Directory where fitted models and streaming states are saved (`<model>.kanary`) and
+    /// reloaded on restart [default: ./kanary-state].
     #[arg(long, env = "KANARY_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Events per service to fit on before scoring [default: 1000].
     #[arg(long, env = "KANARY_TRAIN")]
     pub train: Option<usize>,
+    /// Streaming models: seconds between saves of their states to the state directory; each
+    /// save carries the Kafka offsets it reflects, and offsets are committed only with a save,
+    /// so a restart resumes exactly [default: 30].
+    #[arg(long, env = "KANARY_SNAPSHOT_EVERY", value_name = "SECONDS")]
+    pub snapshot_every: Option<f64>,
     /// Largest batch taken from the consumer at once [default: 2000].
     #[arg(long, env = "KANARY_BATCH_SIZE")]
     pub batch_size: Option<usize>,

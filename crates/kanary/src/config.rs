@@ -44,6 +44,7 @@ pub struct FileConfig {
     pub model_file: Option<PathBuf>,
     pub train: Option<usize>,
     pub batch_size: Option<usize>,
+    pub snapshot_every: Option<f64>,
     /// librdkafka properties.
     #[serde(default)]
     pub kafka: BTreeMap<String, toml::Value>,

@@ -141,6 +141,28 @@ impl Pipeline {
         }
     }
 
+    /// Whether any model is a streaming one (its state is saved with the offsets it reflects).
+    pub fn has_streaming(&self) -> bool {
+        self.runners.iter().any(|r| r.kind.is_streaming())
+    }
+
+    /// Model files of the streaming models' states, reflecting every event before `offsets`
+    /// (topic, partition, next offset).
+    pub fn snapshots(&self, now: f64, offsets: &[(String, i32, i64)]) -> Vec<ModelFile> {
+        self.runners
+            .iter()
+            .filter(|r| r.kind.is_streaming())
+            .map(|r| ModelFile {
+                kanary_version: env!("CARGO_PKG_VERSION").to_string(),
+                kind: r.kind,
+                created_at: now,
+                offsets: offsets.to_vec(),
+                detectors: Vec::new(),
+                streams: r.engine.streams(),
+            })
+            .collect()
+    }
+
     /// Every model can score (a fitted service, or a streaming model that has seen one).
     pub fn has_models(&self) -> bool {
         self.runners.iter().all(|r| r.engine.ready())
@@ -313,7 +335,9 @@ impl Pipeline {
                         flagged: s.flagged,
                         label: ev.label.map(u8::from),
                     });
-                    if s.flagged {
+                    // One record per alarm: a model that holds an alarm on flags every event
+                    // of it but starts it once.
+                    if s.alarm_start {
                         flagged_n += 1;
                         svc.1.inc();
                         let m = &msgs[mi];

@@ -587,3 +587,137 @@ fn two_detectors_split_partitions_and_hand_over() {
     );
     assert!(b.log_text().contains("parts=[0, 1, 2]"), "{}", b.log_text());
 }
+
+/// (service, ts, score) of flagged events, from anomaly records or eval score lines.
+fn flagged_set(values: impl Iterator<Item = serde_json::Value>) -> Vec<(String, String, f64)> {
+    let mut out: Vec<(String, String, f64)> = values
+        .map(|v| {
+            (
+                v["service"].as_str().unwrap().to_string(),
+                v["ts"].to_string(),
+                v["score"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    out
+}
+
+#[test]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+fn a_restarted_streaming_detector_resumes_its_saved_state() {
+    let dir = out_dir("resume");
+    let topic = unique("resume");
+    let anomalies = unique("resume-anomalies");
+    create_topic(&topic, 3);
+    let lines = kanary(&[
+        "simulate",
+        "--scenario",
+        "microservices",
+        "--count",
+        "30000",
+        "--seed",
+        "11",
+    ]);
+    std::fs::write(dir.join("all.jsonl"), &lines).unwrap();
+    let records: Vec<(String, Vec<u8>)> = lines
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["service"].as_str().unwrap().to_string(),
+                l.as_bytes().to_vec(),
+            )
+        })
+        .collect();
+    let (before, after) = records.split_at(18_000);
+    produce(&topic, before);
+    let group = unique("resume");
+    let state = dir.join("state");
+    let extra = [
+        "--anomalies-topic",
+        anomalies.as_str(),
+        "--snapshot-every",
+        "1",
+    ];
+    let mut first = Service::detect(
+        "novelty",
+        &topic,
+        &group,
+        &state,
+        dir.join("run1.log"),
+        &extra,
+    );
+    wait_for(Duration::from_secs(60), "the first part processed", || {
+        (first.sample("detector_events_total", &[("model", "novelty")])? >= 18_000.0).then_some(())
+    });
+    let first_anomalies = first
+        .sample("detector_anomalies_total", &[("model", "novelty")])
+        .unwrap();
+    assert!(
+        first.terminate(Duration::from_secs(30)),
+        "graceful stop failed:\n{}",
+        first.log_text()
+    );
+    assert!(state.join("novelty.kanary").exists(), "no saved state");
+    assert!(
+        all_committed(&group, &topic),
+        "offsets committed with the final snapshot"
+    );
+
+    produce(&topic, after);
+    let second = Service::detect(
+        "novelty",
+        &topic,
+        &group,
+        &state,
+        dir.join("run2.log"),
+        &extra,
+    );
+    wait_for(Duration::from_secs(90), "everything committed", || {
+        all_committed(&group, &topic).then_some(())
+    });
+    let log = second.log_text();
+    assert!(log.contains("resumed novelty streaming state"), "{log}");
+    // It resumed at the snapshot's offsets: only the new events were processed.
+    let events = second
+        .sample("detector_events_total", &[("model", "novelty")])
+        .unwrap();
+    assert_eq!(events, 12_000.0);
+    let second_anomalies = second
+        .sample("detector_anomalies_total", &[("model", "novelty")])
+        .unwrap();
+
+    // Both runs' anomaly records equal the flagged events of one uninterrupted replay.
+    let expected = (first_anomalies + second_anomalies) as usize;
+    let published = read_all(&anomalies, expected);
+    assert_eq!(published.len(), expected);
+    let got = flagged_set(
+        published
+            .iter()
+            .map(|(p, _)| serde_json::from_slice(p).unwrap()),
+    );
+    let scores = dir.join("scores.jsonl");
+    kanary(&[
+        "eval",
+        "--input",
+        dir.join("all.jsonl").to_str().unwrap(),
+        "--model",
+        "novelty",
+        "--scores",
+        scores.to_str().unwrap(),
+    ]);
+    let want = flagged_set(
+        std::fs::read_to_string(&scores)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["flagged"] == true),
+    );
+    assert!(second_anomalies > 0.0, "the second part raised no alarm");
+    assert_eq!(got.len(), want.len(), "records {got:?}\nreplay {want:?}");
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!((&g.0, &g.1), (&w.0, &w.1));
+        assert!((g.2 - w.2).abs() < 1e-12, "{g:?} vs {w:?}");
+    }
+}

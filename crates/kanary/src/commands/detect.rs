@@ -37,6 +37,7 @@ use crate::live::Live;
 use crate::pipeline::{BatchOutput, Message, Pipeline};
 use crate::telemetry::{Metrics, ModelPartition};
 use crate::{commands, kafka, modelio};
+use kanary_core::persist::ModelFile;
 
 /// Settings after merging flags, environment and the config file.
 #[derive(Debug, Clone)]
@@ -44,6 +45,9 @@ pub struct Settings {
     pub models: ModelList,
     /// The config file's `[models.MODEL]` tables.
     pub model_params: BTreeMap<String, ParamMap>,
+    /// How often streaming models' states are saved (each save is also the point up to which
+    /// offsets are committed).
+    pub snapshot_every: Duration,
     pub brokers: String,
     pub topic: String,
     pub group: String,
@@ -82,6 +86,10 @@ impl Settings {
         for o in &kafka_opts {
             kafka::parse_opt(o)?;
         }
+        let snapshot_every = a.snapshot_every.or(file.snapshot_every).unwrap_or(30.0);
+        if !(snapshot_every > 0.0 && snapshot_every.is_finite()) {
+            bail!("--snapshot-every must be a positive number of seconds");
+        }
         let batch_size = a.batch_size.or(file.batch_size).unwrap_or(2000);
         if batch_size == 0 {
             bail!("--batch-size must be > 0");
@@ -110,6 +118,7 @@ impl Settings {
             batch_size,
             kafka_opts,
             model_params: file.model_params()?,
+            snapshot_every: Duration::from_secs_f64(snapshot_every),
             models,
         })
     }
@@ -255,9 +264,16 @@ struct Meta {
 /// A batch whose outputs are on their way.
 struct Pending {
     deliveries: Vec<DeliveryFuture>,
-    /// Next offset to consume per partition.
+    /// Next offset to consume per partition, stored once the deliveries are done (empty:
+    /// store nothing, as between two snapshots of streaming models).
     offsets: Vec<(i32, i64)>,
+    /// Streaming models' states reflecting every event before `offsets`: saved before the
+    /// offsets are stored and committed.
+    snapshot: Option<Vec<ModelFile>>,
+    /// Events whose offsets this stores.
     events: usize,
+    /// A batch of the poll stage (counted in `inflight`), not the final snapshot.
+    polled: bool,
 }
 
 pub fn run(args: DetectArgs) -> Result<()> {
@@ -305,12 +321,34 @@ async fn serve(s: Settings, opts: ModelOpts) -> Result<()> {
             ),
         }
     }
+    // Offsets below which every event is already reflected in a resumed streaming state
+    // (and its outputs delivered): such events are skipped if they come again.
+    let mut floor: BTreeMap<i32, i64> = BTreeMap::new();
     for kind in pipeline.kinds() {
         let path = state_file(&s.state_dir, kind.name());
         if s.model_file.is_none() && path.exists() {
             let file = modelio::load(&path, Some(kind))?;
             let n = pipeline.load(&file).unwrap_or(0);
-            tracing::info!(path = %path.display(), services = n, "resumed {kind} models");
+            if kind.is_streaming() {
+                let offsets: Vec<String> = file
+                    .offsets
+                    .iter()
+                    .filter(|(t, _, _)| *t == s.topic)
+                    .map(|(_, p, o)| format!("{p}:{o}"))
+                    .collect();
+                for (t, p, o) in &file.offsets {
+                    if *t == s.topic {
+                        let f = floor.entry(*p).or_insert(*o);
+                        *f = (*f).min(*o);
+                    }
+                }
+                tracing::info!(
+                    path = %path.display(), services = n, offsets = %offsets.join(","),
+                    "resumed {kind} streaming state"
+                );
+            } else {
+                tracing::info!(path = %path.display(), services = n, "resumed {kind} models");
+            }
         }
     }
     readiness
@@ -417,9 +455,21 @@ async fn serve(s: Settings, opts: ModelOpts) -> Result<()> {
         let s = s.clone();
         std::thread::Builder::new()
             .name("kanary-score".into())
-            .spawn(move || score_loop(pipeline, batch_rx, pending_tx, &producer, &shared, &s))?
+            .spawn(move || {
+                score_loop(
+                    pipeline, floor, batch_rx, pending_tx, &producer, &shared, &s,
+                )
+            })?
     };
-    let committed = commit_loop(pending_rx, &consumer, &producer, &shared, &s.topic).await;
+    let committed = commit_loop(
+        pending_rx,
+        &consumer,
+        &producer,
+        &shared,
+        &s.topic,
+        &s.state_dir,
+    )
+    .await;
 
     // Shutdown: the poll thread stopped, the scorer drained, the committer finished.
     let polled = poll_thread
@@ -510,8 +560,13 @@ fn poll_loop(
 }
 
 /// Stage 2: score batches and hand their outputs to the producer.
+///
+/// With streaming models, offsets are stored only with a snapshot of their states (every
+/// `--snapshot-every` seconds and at shutdown), so a restart resumes a state that reflects
+/// exactly the events before the committed offsets.
 fn score_loop(
     mut pipeline: Pipeline,
+    floor: BTreeMap<i32, i64>,
     rx: std::sync::mpsc::Receiver<Batch>,
     tx: mpsc::Sender<Pending>,
     producer: &FutureProducer,
@@ -520,17 +575,61 @@ fn score_loop(
 ) -> Result<()> {
     let mut out = BatchOutput::default();
     let mut stats = StageStats::default();
+    let streaming = pipeline.has_streaming();
+    // Next offset per partition over every batch so far, and events since the last snapshot.
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut unsaved = 0usize;
+    let mut last_snapshot = Instant::now();
+    let mut skipped = 0u64;
     loop {
         let waited = Instant::now();
-        let Ok(batch) = rx.recv() else { break };
+        let batch = if streaming {
+            // While the stream is idle, save what is unsaved so its offsets get committed.
+            match rx.recv_timeout(s.snapshot_every) {
+                Ok(b) => b,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if unsaved > 0 {
+                        let idle = Pending {
+                            deliveries: Vec::new(),
+                            offsets: next.iter().map(|(&p, &o)| (p, o)).collect(),
+                            snapshot: Some(snapshot(&pipeline, &next, &s.topic)),
+                            events: std::mem::take(&mut unsaved),
+                            polled: false,
+                        };
+                        last_snapshot = Instant::now();
+                        if tx.blocking_send(idle).is_err() {
+                            bail!("commit stage stopped");
+                        }
+                    }
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            let Ok(b) = rx.recv() else { break };
+            b
+        };
         stats.idle += waited.elapsed();
         let busy = Instant::now();
-        let msgs: Vec<Message> = Vec::from_iter(batch.meta.iter().map(|m| Message {
-            payload: &batch.data[m.payload.clone()],
-            key: m.key.clone().map(|k| &batch.data[k]),
-            partition: m.partition,
-            offset: m.offset,
-        }));
+        let msgs: Vec<Message> = Vec::from_iter(
+            batch
+                .meta
+                .iter()
+                .filter(|m| floor.get(&m.partition).is_none_or(|&f| m.offset >= f))
+                .map(|m| Message {
+                    payload: &batch.data[m.payload.clone()],
+                    key: m.key.clone().map(|k| &batch.data[k]),
+                    partition: m.partition,
+                    offset: m.offset,
+                }),
+        );
+        if msgs.len() < batch.meta.len() {
+            skipped += (batch.meta.len() - msgs.len()) as u64;
+            tracing::info!(
+                skipped,
+                "skipped events the resumed streaming state already reflects"
+            );
+        }
         let now = modelio::now();
         pipeline.process(&msgs, now, &mut out);
         for &i in &out.fitted {
@@ -589,12 +688,28 @@ fn score_loop(
                 Some((_, o)) => *o = (*o).max(m.offset + 1),
                 None => offsets.push((m.partition, m.offset + 1)),
             }
+            let n = next.entry(m.partition).or_insert(0);
+            *n = (*n).max(m.offset + 1);
         }
-        let pending = Pending {
+        let mut pending = Pending {
             deliveries,
             offsets,
+            snapshot: None,
             events: batch.meta.len(),
+            polled: true,
         };
+        if streaming {
+            unsaved += batch.meta.len();
+            if last_snapshot.elapsed() >= s.snapshot_every {
+                pending.offsets = next.iter().map(|(&p, &o)| (p, o)).collect();
+                pending.snapshot = Some(snapshot(&pipeline, &next, &s.topic));
+                pending.events = std::mem::take(&mut unsaved);
+                last_snapshot = Instant::now();
+            } else {
+                pending.offsets.clear();
+                pending.events = 0;
+            }
+        }
         stats.busy += busy.elapsed();
         let blocked = Instant::now();
         if tx.blocking_send(pending).is_err() {
@@ -608,7 +723,29 @@ fn score_loop(
             bail!("a delivery failed for good");
         }
     }
+    if streaming && unsaved > 0 && !shared.fatal.load(Ordering::Acquire) {
+        // Shutdown: one last snapshot, after every batch before it.
+        let last = Pending {
+            deliveries: Vec::new(),
+            offsets: next.iter().map(|(&p, &o)| (p, o)).collect(),
+            snapshot: Some(snapshot(&pipeline, &next, &s.topic)),
+            events: unsaved,
+            polled: false,
+        };
+        if tx.blocking_send(last).is_err() {
+            bail!("commit stage stopped before the final snapshot");
+        }
+    }
     Ok(())
+}
+
+/// The streaming models' states with the offsets they reflect.
+fn snapshot(pipeline: &Pipeline, next: &BTreeMap<i32, i64>, topic: &str) -> Vec<ModelFile> {
+    let offsets: Vec<(String, i32, i64)> = next
+        .iter()
+        .map(|(&p, &o)| (topic.to_string(), p, o))
+        .collect();
+    pipeline.snapshots(modelio::now(), &offsets)
 }
 
 /// Where the scoring thread's time goes, logged at debug level every 10 s.
@@ -678,6 +815,7 @@ async fn commit_loop(
     producer: &FutureProducer,
     shared: &Shared,
     topic: &str,
+    state_dir: &Path,
 ) -> usize {
     let mut committed = 0;
     while let Some(p) = rx.recv().await {
@@ -693,7 +831,34 @@ async fn commit_loop(
             shared.fatal.store(true, Ordering::Release);
             shared.stop();
         }
-        if !shared.fatal.load(Ordering::Acquire) {
+        if let Some(files) = p.snapshot.filter(|_| !shared.fatal.load(Ordering::Acquire)) {
+            // Save the states before their offsets are stored: a restart then finds a state
+            // that reflects every event before the committed offsets.
+            let dir = state_dir.to_path_buf();
+            let saved = tokio::task::spawn_blocking(move || -> Result<usize> {
+                for file in &files {
+                    let path = state_file(&dir, file.kind.name());
+                    modelio::save(&path, file)
+                        .with_context(|| format!("cannot save {}", path.display()))?;
+                }
+                Ok(files.iter().map(|f| f.streams.len()).sum())
+            })
+            .await;
+            match saved {
+                Ok(Ok(n)) => tracing::debug!(services = n, "saved streaming states"),
+                Ok(Err(e)) => {
+                    tracing::error!("{e:#}");
+                    shared.fatal.store(true, Ordering::Release);
+                    shared.stop();
+                }
+                Err(e) => {
+                    tracing::error!("saving streaming states failed: {e}");
+                    shared.fatal.store(true, Ordering::Release);
+                    shared.stop();
+                }
+            }
+        }
+        if !shared.fatal.load(Ordering::Acquire) && !p.offsets.is_empty() {
             let mut tpl = TopicPartitionList::new();
             for (partition, next) in &p.offsets {
                 if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
@@ -706,7 +871,9 @@ async fn commit_loop(
                 Err(e) => tracing::debug!("cannot store offsets: {e}"),
             }
         }
-        shared.inflight.fetch_sub(1, Ordering::AcqRel);
+        if p.polled {
+            shared.inflight.fetch_sub(1, Ordering::AcqRel);
+        }
     }
     committed
 }
