@@ -1,6 +1,6 @@
-//! The [`Detector`] trait, the fixed set of model kinds, and a fitted per-service detector
-//! (features + scaler + model + threshold) that both the online service and offline evaluation
-//! run.
+//! A fitted per-service detector (features + scaler + model + threshold) that both the online
+//! service and offline evaluation run, and the configuration it is fitted from. The model
+//! traits live in [`crate::registry`], the list of models in [`crate::catalog`].
 
 use std::sync::Arc;
 
@@ -8,26 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::features::{StandardScaler, WindowSpec};
 use crate::registry::{Build, ParamError, ParamMap};
-pub use crate::registry::{Model, ModelKind, UnknownModel};
+pub use crate::registry::{Detector, FitError, Model, ModelKind, UnknownModel};
 use crate::streaming::StreamingDetector;
-use crate::threshold::{ThresholdError, ThresholdMethod};
-
-/// A fitted anomaly-scoring model over standardised feature rows.
-pub trait Detector {
-    /// Number of input features.
-    fn dim(&self) -> usize;
-    /// Anomaly score of one row; higher is more anomalous.
-    fn score(&self, x: &[f64]) -> f64;
-    /// Scores `out.len()` rows of `xs` (row-major).
-    fn score_batch(&self, xs: &[f64], out: &mut [f64]) {
-        let d = self.dim();
-        for (o, row) in out.iter_mut().zip(xs.chunks_exact(d)) {
-            *o = self.score(row);
-        }
-    }
-    /// Each feature's share of the score of `x` (non-negative, summing to 1 unless all zero).
-    fn contributions(&self, x: &[f64], out: &mut [f64]);
-}
+use crate::threshold::ThresholdMethod;
 
 /// Everything needed to fit one detector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,25 +64,6 @@ impl DetectorConfig {
         self.threshold
             .unwrap_or_else(|| self.kind.default_threshold())
     }
-}
-
-/// Errors from fitting a detector.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum FitError {
-    #[error("no features to fit on")]
-    NoFeatures,
-    #[error("need at least {need} training rows, got {got}")]
-    TooFewRows { need: usize, got: usize },
-    #[error("isolation forest: {0}")]
-    IForest(#[from] crate::models::iforest::IForestError),
-    #[error("autoencoder: {0}")]
-    Autoencoder(#[from] crate::models::autoencoder::AeError),
-    #[error("threshold: {0}")]
-    Threshold(#[from] ThresholdError),
-    #[error("`{0}` is a streaming model: it scores from the first event and is never fitted")]
-    Streaming(ModelKind),
-    #[error("{0}")]
-    Params(#[from] ParamError),
 }
 
 /// Fits scaler and model on raw rows once; returns them with the training rows' scores

@@ -6,6 +6,8 @@
 //! fitted on them, and every later event is scored. Events are processed in order per service;
 //! [`Engine::process_batch`] scores each service's events of a batch in one call to the
 //! model's batch path.
+//!
+//! (Over 600 lines only with its tests, which stay beside the engine.)
 
 use std::collections::HashMap;
 use std::sync::Arc;

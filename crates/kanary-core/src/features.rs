@@ -260,6 +260,9 @@ pub fn median_in_place(xs: &mut [f64]) -> Option<f64> {
     }
 }
 
+/// Scale factor that makes the MAD a consistent estimator of a normal standard deviation.
+pub const MAD_TO_SD: f64 = 1.482_602_218_505_602;
+
 /// Median and median absolute deviation of `xs` (unscaled MAD).
 pub fn median_mad(xs: &[f64]) -> Option<(f64, f64)> {
     let mut v = xs.to_vec();

@@ -6,14 +6,14 @@
 //! Layout:
 //! - [`event`]: the event schema; parsing and validation with a distinct reason per bad input.
 //! - [`features`]: standardisation, robust statistics, per-service sliding-window features.
-//! - [`detector`]: the [`detector::Detector`] trait, the model kinds, a fitted per-service
-//!   detector (features + scaler + model + threshold).
+//! - [`detector`]: a fitted per-service detector (features + scaler + model + threshold) and
+//!   its configuration.
 //! - [`models`]: Isolation Forest, autoencoder (with its small neural-network library), robust
 //!   z-score.
 //! - [`streaming`]: the [`streaming::StreamingDetector`] trait of models that learn from the
 //!   stream one event at a time.
-//! - [`registry`]: every model, described once (name, parameters, threshold, constructor,
-//!   saved state).
+//! - [`registry`]: what a model is (traits, parameters, the spec that describes it once);
+//!   [`catalog`]: the list of models, one line each.
 //! - [`threshold`]: turning scores into decisions without labels.
 //! - [`engine`]: per-service warm-up, fitting and batch scoring of a stream.
 //! - [`eval`]: precision/recall/F1 and PR-AUC against labels; [`operator`]: incidents caught,
@@ -22,6 +22,7 @@
 //! - [`persist`]: versioned model files.
 //! - [`rng`]: the seedable generator behind every random choice.
 
+pub mod catalog;
 pub mod detector;
 pub mod engine;
 pub mod eval;

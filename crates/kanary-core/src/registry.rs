@@ -1,11 +1,12 @@
-//! The model registry: every model kanary knows, described once.
+//! What a model is, for the registry: the traits a model implements, its parameters, and the
+//! [`ModelSpec`] that describes it once (name, one-line summary, parameter schema, default
+//! threshold rule, constructor, how its state is saved).
 //!
 //! A model is one file under `models/` that defines its parameters (a serde struct with
-//! defaults and typed validation), its state, and a [`ModelSpec`]: name, one-line summary,
-//! parameter schema, default threshold rule, constructor and how its state is saved. Adding a
-//! model means writing that file and adding one line to [`MODELS`]; `--model` parsing,
-//! `--help`, `kanary models`, model files, `kanary nab`, the live page and the conformance
-//! tests all read this list.
+//! defaults and typed validation), its state, and its `SPEC`; adding a model means writing that
+//! file and adding one line to the list in [`crate::catalog`]. `--model` parsing, `--help`,
+//! `kanary models`, model files, `kanary nab`, the live page and the conformance tests all read
+//! that list. This module imports no model, so models depend on it and never the reverse.
 //!
 //! Two shapes of model exist:
 //! - *fitted* ([`Build::Fitted`]): fitted once per service on training rows, then scores
@@ -20,23 +21,47 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::detector::{Detector, FitError};
-use crate::models::{autoencoder, hst, iforest, novelty, zscore};
 use crate::streaming::StreamingDetector;
-use crate::threshold::ThresholdMethod;
-
-/// Every registered model, in the order `--help` and `kanary models` list them.
-pub static MODELS: &[&ModelSpec] = &[
-    &iforest::SPEC,
-    &autoencoder::SPEC,
-    &zscore::SPEC,
-    &novelty::SPEC,
-    &hst::SPEC,
-];
+use crate::threshold::{ThresholdError, ThresholdMethod};
 
 /// A model's parameters as given by a user: keys and JSON values (from `--param` or a TOML
 /// table), checked against the model's parameter struct.
 pub type ParamMap = serde_json::Map<String, serde_json::Value>;
+
+/// A fitted anomaly-scoring model over standardised feature rows.
+pub trait Detector {
+    /// Number of input features.
+    fn dim(&self) -> usize;
+    /// Anomaly score of one row; higher is more anomalous.
+    fn score(&self, x: &[f64]) -> f64;
+    /// Scores `out.len()` rows of `xs` (row-major).
+    fn score_batch(&self, xs: &[f64], out: &mut [f64]) {
+        let d = self.dim();
+        for (o, row) in out.iter_mut().zip(xs.chunks_exact(d)) {
+            *o = self.score(row);
+        }
+    }
+    /// Each feature's share of the score of `x` (non-negative, summing to 1 unless all zero).
+    fn contributions(&self, x: &[f64], out: &mut [f64]);
+}
+
+/// Errors from fitting a detector.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FitError {
+    #[error("no features to fit on")]
+    NoFeatures,
+    #[error("need at least {need} training rows, got {got}")]
+    TooFewRows { need: usize, got: usize },
+    /// The model's own fitting failed (its error, in its words).
+    #[error("{model}: {reason}")]
+    Model { model: &'static str, reason: String },
+    #[error("threshold: {0}")]
+    Threshold(#[from] ThresholdError),
+    #[error("`{0}` is a streaming model: it scores from the first event and is never fitted")]
+    Streaming(ModelKind),
+    #[error("{0}")]
+    Params(#[from] ParamError),
+}
 
 /// A fitted model: a [`Detector`] whose state can be saved and checked.
 pub trait FittedModel: Detector + fmt::Debug + Send + Sync {
@@ -96,17 +121,10 @@ pub struct ModelSpec {
 pub struct ModelKind(&'static ModelSpec);
 
 impl ModelKind {
-    /// Every registered model.
-    pub fn all() -> impl Iterator<Item = ModelKind> {
-        MODELS.iter().map(|s| ModelKind(s))
-    }
-
-    /// The model called `name` (or one of its aliases), case-insensitively.
-    pub fn named(name: &str) -> Result<ModelKind, UnknownModel> {
-        let n = name.trim().to_ascii_lowercase();
-        Self::all()
-            .find(|k| k.0.name == n || k.0.aliases.contains(&n.as_str()))
-            .ok_or_else(|| UnknownModel(name.to_string()))
+    /// The kind of a registered spec (the catalog's list makes these; see
+    /// [`ModelKind::all`](crate::catalog)).
+    pub const fn of(spec: &'static ModelSpec) -> Self {
+        ModelKind(spec)
     }
 
     pub fn spec(self) -> &'static ModelSpec {
@@ -124,11 +142,6 @@ impl ModelKind {
 
     pub fn default_threshold(self) -> ThresholdMethod {
         self.0.default_threshold
-    }
-
-    /// The registered names, comma-separated, for messages and help texts.
-    pub fn names() -> String {
-        Self::all().map(|k| k.name()).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -170,30 +183,20 @@ impl fmt::Display for ModelKind {
     }
 }
 
-impl std::str::FromStr for ModelKind {
-    type Err = UnknownModel;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ModelKind::named(s)
-    }
-}
-
 impl Serialize for ModelKind {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.0.name)
     }
 }
 
-impl<'de> Deserialize<'de> for ModelKind {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(d)?;
-        ModelKind::named(&name).map_err(serde::de::Error::custom)
-    }
-}
-
 /// Error for an unknown model name.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("unknown model `{0}`: expected one of {names}", names = ModelKind::names())]
-pub struct UnknownModel(pub String);
+#[error("unknown model `{name}`: expected one of {known}")]
+pub struct UnknownModel {
+    pub name: String,
+    /// The registered names, comma-separated.
+    pub known: String,
+}
 
 /// A parameter a model rejects, from the model's own validation.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -341,32 +344,6 @@ pub struct NoParams {}
 
 impl ModelParams for NoParams {
     const HELP: &'static [(&'static str, &'static str)] = &[];
-}
-
-/// Parses `MODEL.KEY=VALUE` into the model, the key and a JSON value: JSON when the text is
-/// JSON (`200`, `true`, `[16,8,16]`, `"x"`), a list of numbers for comma-separated numbers
-/// (`16,8,16`), a string otherwise.
-pub fn parse_param(text: &str) -> Result<(ModelKind, String, serde_json::Value), ParamError> {
-    let syntax = || ParamError::Syntax(text.to_string());
-    let (lhs, value) = text.split_once('=').ok_or_else(syntax)?;
-    let (model, key) = lhs.trim().split_once('.').ok_or_else(syntax)?;
-    if key.trim().is_empty() {
-        return Err(syntax());
-    }
-    let kind = ModelKind::named(model)?;
-    let value = value.trim();
-    let parsed = serde_json::from_str::<serde_json::Value>(value)
-        .ok()
-        .or_else(|| {
-            let parts: Option<Vec<serde_json::Value>> = value
-                .split(',')
-                .map(|p| serde_json::from_str::<serde_json::Number>(p.trim()).ok())
-                .map(|n| n.map(serde_json::Value::Number))
-                .collect();
-            parts.filter(|p| p.len() > 1).map(serde_json::Value::Array)
-        })
-        .unwrap_or_else(|| serde_json::Value::String(value.to_string()));
-    Ok((kind, key.trim().to_string(), parsed))
 }
 
 /// A fitted model of any registered kind, with its kind: cloned, compared and saved through
@@ -537,81 +514,4 @@ pub fn encode_state<T: Serialize>(state: &T) -> Vec<u8> {
 /// Decodes [`encode_state`] bytes.
 pub fn decode_state<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     postcard::from_bytes(bytes).map_err(|e| e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_and_aliases_round_trip() {
-        for k in ModelKind::all() {
-            assert_eq!(k.name().parse::<ModelKind>().unwrap(), k);
-            for a in k.spec().aliases {
-                assert_eq!(a.parse::<ModelKind>().unwrap(), k);
-            }
-        }
-        let err = "svm".parse::<ModelKind>().unwrap_err().to_string();
-        assert!(err.contains("svm") && err.contains("if"), "{err}");
-    }
-
-    #[test]
-    fn names_are_unique_and_every_parameter_has_help() {
-        let mut seen = std::collections::HashSet::new();
-        for k in ModelKind::all() {
-            let spec = k.spec();
-            for n in std::iter::once(&spec.name).chain(spec.aliases) {
-                assert!(seen.insert(*n), "`{n}` is registered twice");
-            }
-            assert!(!spec.summary.is_empty());
-            let defaults = spec.params.defaults();
-            let help: Vec<&str> = spec.params.help().iter().map(|(k, _)| *k).collect();
-            for key in defaults.keys() {
-                assert!(
-                    help.contains(&key.as_str()),
-                    "{}: `{key}` has no help",
-                    spec.name
-                );
-            }
-            for key in &help {
-                assert!(
-                    defaults.contains_key(*key),
-                    "{}: help for unknown `{key}`",
-                    spec.name
-                );
-            }
-            // The defaults pass their own checks.
-            spec.params.check(spec.name, &defaults).unwrap();
-        }
-    }
-
-    #[test]
-    fn parameters_parse_from_text_with_clear_errors() {
-        let (k, key, v) = parse_param("if.trees=200").unwrap();
-        assert_eq!((k.name(), key.as_str()), ("if", "trees"));
-        assert_eq!(v, serde_json::json!(200));
-        let (_, _, v) = parse_param("ae.hidden=16,8,16").unwrap();
-        assert_eq!(v, serde_json::json!([16, 8, 16]));
-        let (_, _, v) = parse_param("ae.activation=relu").unwrap();
-        assert_eq!(v, serde_json::json!("relu"));
-        assert!(matches!(parse_param("trees=3"), Err(ParamError::Syntax(_))));
-        assert!(matches!(
-            parse_param("svm.c=1"),
-            Err(ParamError::UnknownModel(_))
-        ));
-        let ifk = ModelKind::named("if").unwrap();
-        let mut m = ParamMap::new();
-        m.insert("treez".into(), serde_json::json!(1));
-        let err = ifk.spec().params.check("if", &m).unwrap_err();
-        assert!(matches!(err, ParamError::UnknownKey { .. }), "{err}");
-        assert!(err.to_string().contains("trees"), "{err}");
-        let mut m = ParamMap::new();
-        m.insert("trees".into(), serde_json::json!("many"));
-        let err = ifk.spec().params.check("if", &m).unwrap_err();
-        assert!(matches!(err, ParamError::BadValue { .. }), "{err}");
-        let mut m = ParamMap::new();
-        m.insert("trees".into(), serde_json::json!(0));
-        let err = ifk.spec().params.check("if", &m).unwrap_err();
-        assert!(matches!(err, ParamError::Invalid { .. }), "{err}");
-    }
 }

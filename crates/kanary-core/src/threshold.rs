@@ -9,8 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::features::{median_mad, quantile_sorted};
-use crate::models::zscore::MAD_TO_SD;
+use crate::features::{MAD_TO_SD, median_mad, quantile_sorted};
 
 /// How a threshold is chosen from training scores.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

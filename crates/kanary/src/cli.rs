@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use kanary_core::catalog::parse_param;
 use kanary_core::detector::{DetectorConfig, ModelKind, UnknownModel};
 use kanary_core::engine::EngineConfig;
 use kanary_core::features::WindowSpec;
-use kanary_core::registry::{ParamError, ParamMap, parse_param};
+use kanary_core::registry::{ParamError, ParamMap};
 use kanary_core::simulate::Scenario;
 use kanary_core::threshold::ThresholdMethod;
 
@@ -254,7 +255,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub input: PathBuf,
     /// Models to evaluate, comma-separated.
-    #[arg(long, help = models_help("Models to evaluate, comma-separated [default: if; with --model-file: its model]"))]
+    #[arg(long, help = models_help("Models to evaluate, comma-separated [default: codev; with --model-file: its model]"))]
     pub model: Option<ModelList>,
     /// Fit each service's model on its first N events (they are not scored).
     #[arg(long, default_value_t = 1000)]
@@ -324,7 +325,7 @@ pub struct TrainArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Model to benchmark.
-    #[arg(long, default_value = "if", help = models_help("Model to benchmark"))]
+    #[arg(long, default_value = "codev", help = models_help("Model to benchmark"))]
     pub model: ModelKind,
     /// Events scored per timed run.
     #[arg(long, default_value_t = 1_000_000)]
@@ -332,9 +333,12 @@ pub struct BenchArgs {
     /// Timed runs; the median is reported.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
-    /// Training events (seed scenario).
+    /// Training events (seed scenario; warm-up events for streaming models).
     #[arg(long, default_value_t = 1000)]
     pub train: usize,
+    /// Streaming models: columns of the synthetic service they are timed on.
+    #[arg(long, default_value_t = 3)]
+    pub features: usize,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -351,7 +355,7 @@ pub struct NabArgs {
     #[arg(long)]
     pub windows: PathBuf,
     /// Detector(s), comma-separated. With several, results go to `--results/<model>/`.
-    #[arg(long, default_value = "novelty", help = models_help("Detector(s), comma-separated; with several, results go to `--results/<model>/`"))]
+    #[arg(long, default_value = "codev", help = models_help("Detector(s), comma-separated; with several, results go to `--results/<model>/`"))]
     pub model: ModelList,
     /// Directory for `<category>/<file>.csv` results.
     #[arg(long)]
@@ -386,6 +390,9 @@ pub struct DemoArgs {
     /// Print no per-second summary line.
     #[arg(long)]
     pub quiet: bool,
+    /// Models shown side by side.
+    #[arg(long, default_value = "codev,if,ae", help = models_help("Models shown side by side, comma-separated"))]
+    pub model: ModelList,
     #[command(flatten)]
     pub opts: ModelOpts,
 }
@@ -393,7 +400,7 @@ pub struct DemoArgs {
 #[derive(Debug, Args)]
 pub struct DetectArgs {
     /// Models to run, comma-separated; they share one consumer.
-    #[arg(long, env = "KANARY_MODEL", help = models_help("Models to run, comma-separated; they share one consumer"))]
+    #[arg(long, env = "KANARY_MODEL", help = models_help("Models to run, comma-separated; they share one consumer [default: codev]"))]
     pub model: Option<ModelList>,
     /// Kafka bootstrap servers.
     #[arg(long, env = "KANARY_BROKERS")]

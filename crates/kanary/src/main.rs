@@ -9,7 +9,8 @@
 //! - `http`: `/metrics`, `/healthz`, `/readyz`, `/api/summary` and the live page (axum).
 //! - `live`: the rolling state behind the live page.
 //! - `modelio`: model files on disk (atomic writes, clear errors).
-//! - `input`: reading JSONL event files.
+//! - `input`: reading JSONL event files (plain or gzip).
+//! - `summary`: what an evaluation run produced; `report`: its self-contained HTML page.
 
 mod cli;
 mod commands;
@@ -21,6 +22,7 @@ mod live;
 mod modelio;
 mod pipeline;
 mod report;
+mod summary;
 mod telemetry;
 
 use clap::Parser;

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use kanary_core::eval::pr_curve;
 use kanary_core::event::Event;
 
-use crate::commands::eval::ModelRun;
+use crate::summary::{ModelRun, ScoredPoint};
 
 /// Okabe–Ito colours (safe for colour-blind readers), one per model.
 const COLOURS: [&str; 6] = [
@@ -272,7 +272,7 @@ fn pr_chart(events: &[Event], runs: &[ModelRun]) -> String {
 }
 
 fn time_chart(events: &[Event], run: &ModelRun, service: &str, colour: &str) -> String {
-    let points: Vec<&crate::commands::eval::ScoredPoint> = run
+    let points: Vec<&ScoredPoint> = run
         .scored
         .iter()
         .filter(|p| events[p.index].service == service)
@@ -382,8 +382,7 @@ fn time_chart(events: &[Event], run: &ModelRun, service: &str, colour: &str) -> 
         y(thr)
     );
     // Flagged events.
-    let flagged: Vec<&&crate::commands::eval::ScoredPoint> =
-        points.iter().filter(|p| p.flagged).collect();
+    let flagged: Vec<&&ScoredPoint> = points.iter().filter(|p| p.flagged).collect();
     let step = (flagged.len() / MAX_MARKS).max(1);
     for p in flagged.iter().step_by(step) {
         let ev = &events[p.index];

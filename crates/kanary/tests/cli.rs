@@ -312,8 +312,11 @@ fn bench_reports_throughput_against_the_per_event_baseline() {
 
 #[test]
 fn helpful_errors_for_missing_settings_and_bad_input_files() {
-    let err = run_err(&["detect", "--brokers", "x:9092"]);
-    assert!(err.contains("no model given"), "{err}");
+    let err = run_err(&["detect", "--brokers", "x:9092", "--model", "svm"]);
+    assert!(
+        err.contains("unknown model `svm`") && err.contains("codev"),
+        "{err}"
+    );
     let err = run_err(&["detect", "--model", "if"]);
     assert!(err.contains("no Kafka brokers"), "{err}");
     let err = run_err(&["eval", "--input", "/nonexistent/file.jsonl"]);
@@ -438,4 +441,79 @@ fn eval_reports_operator_metrics_per_service_and_reads_gzip() {
     );
     assert!(text.lines().any(|l| l.starts_with("a ")), "{text}");
     assert!(text.lines().any(|l| l.starts_with("b ")), "{text}");
+}
+
+#[test]
+fn models_lists_the_registry_and_parameters_are_checked() {
+    // Every registered model, its parameters and their defaults.
+    let text = kanary(&["models"]);
+    for name in ["codev", "if", "ae", "zscore", "novelty", "hst"] {
+        assert!(
+            text.contains(&format!("{name} (")),
+            "{name} missing:\n{text}"
+        );
+    }
+    assert!(text.contains("--param if.trees=100"), "{text}");
+    let json: Vec<serde_json::Value> = kanary(&["models", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(json[0]["model"], "codev", "the default comes first");
+    assert!(json.iter().all(|m| m["params"].is_array()));
+    // Parameters: an unknown key, a wrong type and a bad value each get a clear error.
+    let dir = out_dir("cli-params");
+    let f = dir.join("s.jsonl");
+    std::fs::write(&f, kanary(&["simulate", "--count", "300", "--seed", "2"])).unwrap();
+    let input = f.to_str().unwrap();
+    let err = run_err(&[
+        "eval",
+        "--input",
+        input,
+        "--model",
+        "if",
+        "--param",
+        "if.treez=3",
+    ]);
+    assert!(
+        err.contains("no parameter `treez`") && err.contains("trees"),
+        "{err}"
+    );
+    let err = run_err(&[
+        "eval",
+        "--input",
+        input,
+        "--model",
+        "if",
+        "--param",
+        "if.trees=many",
+    ]);
+    assert!(err.contains("if.trees"), "{err}");
+    let err = run_err(&[
+        "eval",
+        "--input",
+        input,
+        "--model",
+        "if",
+        "--param",
+        "if.trees=0",
+    ]);
+    assert!(err.contains("`if.trees`: must be at least 1"), "{err}");
+    let err = run_err(&["eval", "--input", input, "--param", "trees=3"]);
+    assert!(err.contains("MODEL.KEY=VALUE"), "{err}");
+    // A parameter changes the model: fewer trees, different scores.
+    let a = eval_json(&["--input", input, "--model", "if", "--train", "100"]);
+    let b = eval_json(&[
+        "--input",
+        input,
+        "--model",
+        "if",
+        "--train",
+        "100",
+        "--param",
+        "if.trees=7",
+    ]);
+    assert_ne!(a[0]["thresholds"], b[0]["thresholds"]);
+    // Without --model, eval runs the default detector.
+    let d = eval_json(&["--input", input]);
+    assert_eq!(d[0]["model"], "codev");
 }

@@ -18,10 +18,9 @@ use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
 use super::nn::{Activation, Adam, Mlp};
-use crate::detector::{Detector, FitError};
 use crate::registry::{
-    Build, FittedModel, FittedPair, InvalidParam, ModelParams, ModelSpec, ParamMap, Schema,
-    decode_state, encode_state,
+    Build, Detector, FitError, FittedModel, FittedPair, InvalidParam, ModelParams, ModelSpec,
+    ParamMap, Schema, decode_state, encode_state,
 };
 use crate::rng::Rng;
 use crate::threshold::ThresholdMethod;
@@ -360,6 +359,15 @@ impl ModelParams for AeParams {
             return Err(InvalidParam::new("noise", "must be 0 or a positive number"));
         }
         Ok(())
+    }
+}
+
+impl From<AeError> for FitError {
+    fn from(e: AeError) -> Self {
+        FitError::Model {
+            model: SPEC.name,
+            reason: e.to_string(),
+        }
     }
 }
 

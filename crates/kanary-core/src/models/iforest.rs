@@ -14,13 +14,16 @@
 //! its path length. Every row then takes exactly `D` steps of `i = 2i + 1 + (x[f] > t)`: no
 //! branches to mispredict, and [`IsolationForest::score_batch`] walks each tree for a block of
 //! rows at once so that their independent dependency chains overlap in the CPU.
+//!
+//! Why one file of over 800 lines: growing a tree, its padded scoring layout, the blocked batch
+//! walk over that layout and the explanations all read the same node arrays; split apart, each
+//! part would need the others' private invariants. Its tests follow the code.
 
 use serde::{Deserialize, Serialize};
 
-use crate::detector::{Detector, FitError};
 use crate::registry::{
-    Build, FittedModel, FittedPair, InvalidParam, ModelParams, ModelSpec, ParamMap, Schema,
-    decode_state, encode_state,
+    Build, Detector, FitError, FittedModel, FittedPair, InvalidParam, ModelParams, ModelSpec,
+    ParamMap, Schema, decode_state, encode_state,
 };
 use crate::rng::Rng;
 use crate::threshold::ThresholdMethod;
@@ -747,6 +750,15 @@ impl ModelParams for IForestParams {
             ));
         }
         Ok(())
+    }
+}
+
+impl From<IForestError> for FitError {
+    fn from(e: IForestError) -> Self {
+        FitError::Model {
+            model: SPEC.name,
+            reason: e.to_string(),
+        }
     }
 }
 

@@ -5,16 +5,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::detector::{Detector, FitError};
+pub use crate::features::MAD_TO_SD;
 use crate::features::median_mad;
 use crate::registry::{
-    Build, FittedModel, FittedPair, ModelSpec, NoParams, ParamMap, Schema, decode_state,
-    encode_state,
+    Build, Detector, FitError, FittedModel, FittedPair, ModelSpec, NoParams, ParamMap, Schema,
+    decode_state, encode_state,
 };
 use crate::threshold::ThresholdMethod;
-
-/// Scale factor that makes the MAD a consistent estimator of a normal standard deviation.
-pub const MAD_TO_SD: f64 = 1.482_602_218_505_602;
 
 /// A fitted robust z-score model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

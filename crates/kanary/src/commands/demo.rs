@@ -8,11 +8,10 @@
 //! one summary line per second goes to the terminal.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use kanary_core::detector::ModelKind;
 use kanary_core::simulate::Simulator;
 
 use crate::cli::DemoArgs;
@@ -35,10 +34,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
 }
 
 async fn demo(args: DemoArgs) -> Result<()> {
-    let kinds = [
-        ModelKind::named("if").unwrap(),
-        ModelKind::named("ae").unwrap(),
-    ];
+    let kinds = args.model.0.clone();
     let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
     let metrics = Metrics::new(&names);
     let live = Arc::new(Live::new("kanary demo", &names));
@@ -51,9 +47,9 @@ async fn demo(args: DemoArgs) -> Result<()> {
     let pipeline = Pipeline::new(configs, metrics.clone(), live.clone());
     let handles = pipeline.handles();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let http_stop = Arc::new(tokio::sync::Notify::new());
-    let wait = http_stop.clone();
+    let stop = commands::Shutdown::new();
+    stop.on_signal("stopping");
+    let wait = stop.clone();
     let (addr, http_task) = crate::http::serve(
         args.addr,
         AppState {
@@ -61,12 +57,14 @@ async fn demo(args: DemoArgs) -> Result<()> {
             live: live.clone(),
             readiness: readiness.clone(),
         },
-        async move { wait.notified().await },
+        async move { wait.wait().await },
     )
     .await?;
     println!(
-        "kanary demo: {} at {:.0} events/s, models if + ae\n  live page  http://{addr}/\n  metrics    http://{addr}/metrics\n  Ctrl-C to stop",
-        args.scenario, args.rate
+        "kanary demo: {} at {:.0} events/s, models {}\n  live page  http://{addr}/\n  metrics    http://{addr}/metrics\n  Ctrl-C to stop",
+        args.scenario,
+        args.rate,
+        names.join(" + ")
     );
 
     // The bus: batches of serialised events, as a topic would carry them.
@@ -80,7 +78,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
                 let mut sim = Simulator::new(scenario, seed, modelio::now());
                 let pacer = Pacer::new(Some(rate));
                 let mut sent = 0u64;
-                while !stop.load(Ordering::Acquire) {
+                while !stop.is_triggered() {
                     if let Some(d) = pacer.delay(sent) {
                         std::thread::sleep(d.min(Duration::from_millis(50)));
                         continue;
@@ -137,7 +135,8 @@ async fn demo(args: DemoArgs) -> Result<()> {
     let started = Instant::now();
     let mut iv = tokio::time::interval(Duration::from_secs(1));
     iv.tick().await;
-    let mut shutdown = std::pin::pin!(commands::shutdown_signal());
+    let signalled = stop.clone();
+    let mut shutdown = std::pin::pin!(signalled.wait());
     loop {
         tokio::select! {
             _ = iv.tick() => {}
@@ -157,10 +156,9 @@ async fn demo(args: DemoArgs) -> Result<()> {
             break;
         }
     }
-    stop.store(true, Ordering::Release);
+    stop.trigger();
     let _ = producer.join();
     let _ = scorer.join();
-    http_stop.notify_one();
     let _ = http_task.await;
     Ok(())
 }

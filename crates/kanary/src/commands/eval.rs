@@ -13,84 +13,15 @@ use kanary_core::detector::ModelKind;
 use kanary_core::engine::{Engine, Explain, Outcome};
 use kanary_core::eval::{Confusion, average_precision};
 use kanary_core::event::{Event, write_f64, write_json_object, write_json_str};
-use kanary_core::operator::{OperatorCounts, OperatorRules, OperatorSummary, typical_step};
-use serde::Serialize;
+use kanary_core::operator::{OperatorCounts, OperatorRules, typical_step};
 
 use crate::cli::EvalArgs;
 use crate::input::read_events;
+use crate::summary::{EvalSummary, ModelRun, ScoredPoint, ServiceSummary};
 use crate::{modelio, report};
-
-/// The model `eval` runs when `--model` is not given.
-pub fn default_model() -> ModelKind {
-    ModelKind::named("if").expect("registered")
-}
 
 /// Events handed to the engine per call, as the service's poll batches.
 pub const BATCH: usize = 1024;
-
-/// The summary line of one model.
-#[derive(Debug, Clone, Serialize)]
-pub struct EvalSummary {
-    pub model: String,
-    /// Valid events replayed.
-    pub events: u64,
-    /// Events scored (after each service's training events).
-    pub scored: u64,
-    /// Events used for fitting.
-    pub train_events: u64,
-    /// Lines or events that could not be used, by reason.
-    pub invalid: BTreeMap<&'static str, u64>,
-    pub tp: u64,
-    pub fp: u64,
-    #[serde(rename = "fn")]
-    pub fn_: u64,
-    pub tn: u64,
-    pub precision: Option<f64>,
-    pub recall: Option<f64>,
-    pub f1: Option<f64>,
-    pub pr_auc: Option<f64>,
-    /// Engine throughput over the whole replay, fitting included.
-    pub events_per_sec: f64,
-    /// Seconds spent fitting models.
-    pub fit_seconds: f64,
-    /// Threshold per service.
-    pub thresholds: BTreeMap<String, f64>,
-    /// An incident counts as caught early when flagged within this many events of its start.
-    pub early_within: usize,
-    /// Incidents caught, early, delay, false pages per service-day, normal events flagged.
-    #[serde(flatten)]
-    pub operator: OperatorSummary,
-    /// PR-AUC per service, averaged over the services that have labelled anomalies.
-    pub pr_auc_services: Option<f64>,
-    /// The same figures per service.
-    pub services: Vec<ServiceSummary>,
-}
-
-/// The figures of one service.
-#[derive(Debug, Clone, Serialize)]
-pub struct ServiceSummary {
-    pub service: String,
-    pub scored: u64,
-    pub f1: Option<f64>,
-    pub pr_auc: Option<f64>,
-    #[serde(flatten)]
-    pub operator: OperatorSummary,
-}
-
-/// Per-event results of one model, for reports.
-pub struct ModelRun {
-    pub summary: EvalSummary,
-    /// Index into the input events, score, threshold, flagged; for scored events only.
-    pub scored: Vec<ScoredPoint>,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct ScoredPoint {
-    pub index: usize,
-    pub score: f64,
-    pub threshold: f64,
-    pub flagged: bool,
-}
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let input = read_events(&args.input)?;
@@ -123,7 +54,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             mf.kind
         ),
         (_, Some(list)) => list.0.clone(),
-        (None, None) => vec![default_model()],
+        (None, None) => vec![ModelKind::default_model()],
     };
     let mut scores_out = match &args.scores {
         Some(p) => Some(BufWriter::new(

@@ -3,8 +3,6 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -134,18 +132,14 @@ async fn produce(
     let (mut sent, mut failed) = (0u64, 0u64);
     let started = Instant::now();
     let mut last_report = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    tokio::spawn(async move {
-        commands::shutdown_signal().await;
-        flag.store(true, Ordering::Release);
-    });
+    let stop = commands::Shutdown::new();
+    stop.on_signal("interrupted");
     loop {
         if args.count != 0 && sent >= args.count {
             break;
         }
-        if stop.load(Ordering::Acquire) {
-            tracing::info!("interrupted: flushing what was sent");
+        if stop.is_triggered() {
+            tracing::info!("flushing what was sent");
             break;
         }
         if let Some(d) = pacer.delay(sent) {

@@ -1,0 +1,1013 @@
+//! CoDev, the default detector: a streaming, label-free model of a service's metrics, each in
+//! its own time context and all of them together, that pages once per incident start.
+//!
+//! Per metric, against the last `window` learned values (6 h at 5-minute steps) and the same
+//! time on the previous `days` days:
+//! - level `L` = median of the window; scale `s` = max(1.4826·MAD, the metric's mean step
+//!   between learned values, 1e-9·|L|): the step-size floor keeps metrics that sit still and
+//!   then jump from producing huge z-scores;
+//! - seasonal level `S` = median of the values 1..days days earlier (when the stream has a
+//!   whole number of events per day);
+//! - three features, each clipped to ±10: the level deviation (the smaller of `x − L` and
+//!   `x − S` when both point the same way, else 0), the range deviation (how far `x` lies
+//!   beyond the window's min or max, which reacts on the first event of a change), and the
+//!   seasonal deviation `(x − S)/s`.
+//!
+//! Joint structure: a running covariance of the 3M features (a 30-day memory) and its ridge
+//! inverse `A`, refreshed daily; `d = fᵀAf` is the one-event channel and the mean of the last
+//! two `d` the two-event channel. Calibration: each channel keeps a 7-day log-histogram of its
+//! own values and extrapolates an exponential tail from its 98th and 96th percentiles to the
+//! rate `ρ` per day; `R = max(d/T1, m/T2)` reads "beyond what this service reaches about ρ
+//! times a day", on any series and any scale. The knob is stated as expected false pages per
+//! service-day and mapped to `ρ` by a calibration measured without labels (docs/models.md).
+//!
+//! Alarms: `R ≥ 1` starts one; it stays on (every event flagged) while the one-event channel
+//! stays above half its threshold, at most `max_hold` events (one page), then waits for
+//! `R < 0.5` before it can start again. Flagged events are never learned (an incident is not
+//! learnt as normal), and learning resumes after the alarm, which re-baselines a lasting shift
+//! within half a window. The score is the held episode score `H = max(R, 0.97·H_prev)` mapped
+//! to `H / (1 + H)`: 0.5 at the alarm level, high through an incident.
+//!
+//! The design and its measurements are in `research/real/FINDINGS.md`; this is a port of its
+//! reference implementation, checked against its test vectors.
+//!
+//! (Over 600 lines only with its tests.)
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::registry::{
+    Build, InvalidParam, ModelParams, ModelSpec, ParamError, ParamMap, Schema, decode_state,
+    encode_state,
+};
+use crate::streaming::{Step, StreamingDetector};
+use crate::threshold::ThresholdMethod;
+
+/// Clip of every joint feature.
+const ZCLIP: f64 = 10.0;
+/// Values a metric needs in its window before it is scored.
+const MIN_LEVEL: usize = 12;
+/// Histogram entries and covariance updates needed before scoring.
+const WARM: usize = 288;
+/// Covariance updates between refreshes of the inverse.
+const INV_EVERY: u64 = 288;
+/// Tail fraction of the threshold extrapolation, and the floor of the thresholds.
+const TAIL: f64 = 0.02;
+const FLOOR: f64 = 3.0;
+/// Events whose timestamps give the stream's events per day.
+const PROBE: usize = 500;
+/// Scales, MADs and thresholds are refreshed every this many events.
+const REFRESH: u64 = 12;
+/// Histogram: bin 0 for x <= 1e-4, 160 bins of 1/8 decade from 1e-4, one overflow bin.
+const BINS: usize = 160;
+const BIN_LO: f64 = -4.0;
+const BIN_W: f64 = 0.125;
+
+/// Which changes count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    #[default]
+    Both,
+    Up,
+    Down,
+}
+
+/// The knob's calibration, measured without labels on the unlabelled train split of the real
+/// services set: (ρ, alarm pages per service-day).
+const KNOB: [(f64, f64); 5] = [
+    (0.01, 0.33),
+    (0.03, 0.39),
+    (0.1, 0.61),
+    (0.3, 1.12),
+    (1.0, 2.08),
+];
+
+/// ρ for an expected number of false pages per service-day (log-log interpolation of the
+/// calibration, extrapolated beyond its ends).
+pub fn rho_for_pages(pages: f64) -> f64 {
+    let lp = pages.max(1e-6).ln();
+    let seg = KNOB
+        .windows(2)
+        .position(|w| lp <= w[1].1.ln())
+        .unwrap_or(KNOB.len() - 2);
+    let (a, b) = (KNOB[seg], KNOB[seg + 1]);
+    let t = (lp - a.1.ln()) / (b.1.ln() - a.1.ln());
+    (a.0.ln() + t * (b.0.ln() - a.0.ln())).exp()
+}
+
+/// CoDev parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CodevParams {
+    /// The sensitivity, as the expected false pages per service-day.
+    pub pages_per_day: f64,
+    /// `both`, `up` (only increases count) or `down`.
+    pub direction: Direction,
+    /// Minimum relative change of a metric against its level (0.1: 10%) for its level
+    /// deviation to count.
+    pub min_change: f64,
+    /// Level window, in learned events.
+    pub window: usize,
+    /// Seasonal lags, in days (0: no seasonal context).
+    pub days: usize,
+    /// Ridge added to the covariance before inversion.
+    pub ridge: f64,
+    /// Window of the score histograms, in learned events.
+    pub calibration: usize,
+    /// Memory of the covariance, in learned events.
+    pub memory: usize,
+    /// Most flagged events of one alarm (one page).
+    pub max_hold: usize,
+    /// An alarm ends when the score falls below this share of its threshold.
+    pub release: f64,
+    /// Decay per event of the held episode score.
+    pub decay: f64,
+}
+
+impl Default for CodevParams {
+    fn default() -> Self {
+        CodevParams {
+            pages_per_day: 0.61,
+            direction: Direction::Both,
+            min_change: 0.0,
+            window: 72,
+            days: 7,
+            ridge: 0.3,
+            calibration: 2016,
+            memory: 8640,
+            max_hold: 12,
+            release: 0.5,
+            decay: 0.97,
+        }
+    }
+}
+
+impl ModelParams for CodevParams {
+    const HELP: &'static [(&'static str, &'static str)] = &[
+        (
+            "pages_per_day",
+            "sensitivity: expected false pages per service-day (0.61 is rho 0.1)",
+        ),
+        ("direction", "which changes count: both, up or down"),
+        (
+            "min_change",
+            "minimum relative change against the level for it to count (0.1: 10%; 0: off)",
+        ),
+        (
+            "window",
+            "level window, in learned events (72: 6 h at 5-minute steps)",
+        ),
+        (
+            "days",
+            "seasonal lags: the same time 1..=days days earlier (0: off, at most 16)",
+        ),
+        (
+            "ridge",
+            "ridge added to the feature covariance before inversion",
+        ),
+        (
+            "calibration",
+            "window of the score histograms, in learned events",
+        ),
+        (
+            "memory",
+            "memory of the feature covariance, in learned events",
+        ),
+        ("max_hold", "most flagged events of one alarm"),
+        ("release", "an alarm ends below this share of its threshold"),
+        ("decay", "per-event decay of the held episode score"),
+    ];
+
+    fn validate(&self) -> Result<(), InvalidParam> {
+        if !(self.pages_per_day > 0.0 && self.pages_per_day.is_finite()) {
+            return Err(InvalidParam::new(
+                "pages_per_day",
+                "must be a positive number",
+            ));
+        }
+        if !(self.min_change >= 0.0 && self.min_change.is_finite()) {
+            return Err(InvalidParam::new(
+                "min_change",
+                "must be 0 or a positive number",
+            ));
+        }
+        if self.window < MIN_LEVEL {
+            return Err(InvalidParam::new(
+                "window",
+                format!("must be at least {MIN_LEVEL}"),
+            ));
+        }
+        if self.days > 16 {
+            return Err(InvalidParam::new("days", "must be at most 16"));
+        }
+        if !(self.ridge > 0.0 && self.ridge.is_finite()) {
+            return Err(InvalidParam::new("ridge", "must be a positive number"));
+        }
+        if self.calibration < WARM {
+            return Err(InvalidParam::new(
+                "calibration",
+                format!("must be at least {WARM}"),
+            ));
+        }
+        if self.memory == 0 || self.max_hold == 0 {
+            return Err(InvalidParam::new(
+                "memory",
+                "and max_hold must be at least 1",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.release) {
+            return Err(InvalidParam::new("release", "must be in [0, 1]"));
+        }
+        if !(0.0..1.0).contains(&self.decay) {
+            return Err(InvalidParam::new("decay", "must be in [0, 1)"));
+        }
+        Ok(())
+    }
+}
+
+/// The registry entry of `codev`.
+pub const SPEC: ModelSpec = ModelSpec {
+    name: "codev",
+    aliases: &["default"],
+    summary: "the default: per-metric level, range and seasonal deviations, joined by their covariance, calibrated to a page rate",
+    params: &Schema::<CodevParams>::new(),
+    default_threshold: ThresholdMethod::Fixed { value: 0.5 },
+    reconstruction_error: false,
+    build: Build::Streaming {
+        new: new_streaming,
+        load: load_streaming,
+    },
+};
+
+fn new_streaming(
+    p: &ParamMap,
+    dim: usize,
+    _seed: u64,
+) -> Result<Box<dyn StreamingDetector>, ParamError> {
+    Ok(Box::new(Codev::new(
+        CodevParams::from_map(SPEC.name, p)?,
+        dim,
+    )))
+}
+
+fn load_streaming(bytes: &[u8]) -> Result<Box<dyn StreamingDetector>, String> {
+    let m: Codev = decode_state(bytes)?;
+    if m.metrics.len() != m.dim || m.cov.len() != (3 * m.dim).pow(2) {
+        return Err("codev: state does not match its number of metrics".into());
+    }
+    Ok(Box::new(m))
+}
+
+/// A sliding histogram of the last `cap` values of a channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Hist {
+    bins: VecDeque<u8>,
+    counts: Vec<u32>,
+}
+
+impl Hist {
+    fn new() -> Self {
+        Hist {
+            bins: VecDeque::new(),
+            counts: vec![0; BINS + 2],
+        }
+    }
+
+    fn bin(x: f64) -> usize {
+        if x.is_nan() || x <= 0.0 {
+            return 0;
+        }
+        let b = (x.log10() - BIN_LO) / BIN_W;
+        if b < 0.0 {
+            0
+        } else if b >= BINS as f64 {
+            BINS + 1
+        } else {
+            1 + b as usize
+        }
+    }
+
+    fn add(&mut self, x: f64, cap: usize) {
+        if self.bins.len() == cap
+            && let Some(old) = self.bins.pop_front()
+        {
+            self.counts[old as usize] -= 1;
+        }
+        let b = Self::bin(x);
+        self.bins.push_back(b as u8);
+        self.counts[b] += 1;
+    }
+
+    /// The q-quantile, log-interpolated inside its bin.
+    fn quantile(&self, q: f64) -> f64 {
+        let tail = (1.0 - q) * self.bins.len() as f64;
+        let mut acc = 0.0;
+        for b in (0..BINS + 2).rev() {
+            let c = self.counts[b] as f64;
+            if c > 0.0 && acc + c >= tail {
+                if b == BINS + 1 {
+                    return 10f64.powf(BIN_LO + BINS as f64 * BIN_W);
+                }
+                if b == 0 {
+                    return 10f64.powf(BIN_LO);
+                }
+                let frac = (tail - acc) / c;
+                return 10f64.powf(BIN_LO + (b as f64 - frac) * BIN_W);
+            }
+            acc += c;
+        }
+        10f64.powf(BIN_LO)
+    }
+
+    /// The threshold a value exceeds at rate `r` per event: the empirical quantile for high
+    /// rates, else an exponential tail above the `1 − TAIL` quantile.
+    fn threshold(&self, r: f64) -> f64 {
+        if r >= TAIL {
+            return self.quantile(1.0 - r).max(FLOOR);
+        }
+        let q1 = self.quantile(1.0 - TAIL).max(FLOOR);
+        let q2 = self.quantile(1.0 - 2.0 * TAIL);
+        let a = q1 - q2;
+        if a <= 0.0 {
+            return q1;
+        }
+        (q1 + a / std::f64::consts::LN_2 * (TAIL / r).ln()).max(FLOOR)
+    }
+}
+
+/// One metric's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Metric {
+    /// Learned values in arrival order, and the same sorted.
+    ring: VecDeque<f64>,
+    sorted: Vec<f64>,
+    /// |steps| between consecutive learned values (at most `window`) and their sum.
+    steps: VecDeque<f64>,
+    step_sum: f64,
+    last: Option<f64>,
+    /// Cached 1.4826·MAD.
+    mad: Option<f64>,
+    /// Seasonal history: one value per event (the value if learned, else the level).
+    season: VecDeque<f64>,
+}
+
+impl Metric {
+    fn new() -> Self {
+        Metric {
+            ring: VecDeque::new(),
+            sorted: Vec::new(),
+            steps: VecDeque::new(),
+            step_sum: 0.0,
+            last: None,
+            mad: None,
+            season: VecDeque::new(),
+        }
+    }
+
+    fn median(&self) -> f64 {
+        let n = self.sorted.len();
+        if n % 2 == 1 {
+            self.sorted[n / 2]
+        } else {
+            0.5 * (self.sorted[n / 2 - 1] + self.sorted[n / 2])
+        }
+    }
+
+    /// The k-th smallest |w − m| over the sorted window, k = n/2 (0-based), walking out from
+    /// the median.
+    fn mad_about(&self, m: f64) -> f64 {
+        let a = &self.sorted;
+        let n = a.len();
+        let k = n / 2;
+        let mut p = n / 2;
+        while p > 0 && a[p - 1] > m {
+            p -= 1;
+        }
+        while p < n && a[p] <= m {
+            p += 1;
+        }
+        let (mut lo, mut hi) = (p as isize - 1, p);
+        let mut v = 0.0;
+        for _ in 0..=k {
+            let dl = if lo >= 0 {
+                m - a[lo as usize]
+            } else {
+                f64::INFINITY
+            };
+            let dh = if hi < n { a[hi] - m } else { f64::INFINITY };
+            if dl <= dh {
+                v = dl;
+                lo -= 1;
+            } else {
+                v = dh;
+                hi += 1;
+            }
+        }
+        v
+    }
+
+    fn learn(&mut self, x: f64, window: usize) {
+        if self.ring.len() == window
+            && let Some(old) = self.ring.pop_front()
+        {
+            let i = self.sorted.partition_point(|v| *v < old);
+            if i < self.sorted.len() {
+                self.sorted.remove(i);
+            }
+        }
+        let i = self.sorted.partition_point(|v| *v < x);
+        self.sorted.insert(i, x);
+        self.ring.push_back(x);
+        if let Some(prev) = self.last {
+            if self.steps.len() == window
+                && let Some(old) = self.steps.pop_front()
+            {
+                self.step_sum -= old;
+            }
+            let dx = (x - prev).abs();
+            self.steps.push_back(dx);
+            self.step_sum += dx;
+        }
+        self.last = Some(x);
+    }
+}
+
+/// Alarm states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum State {
+    Armed,
+    Alarm,
+    Refractory,
+}
+
+/// One service's CoDev state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Codev {
+    params: CodevParams,
+    dim: usize,
+    /// The first events' timestamps and rows, until the events per day are known.
+    probe_ts: Vec<f64>,
+    probe_rows: Vec<f64>,
+    /// Events per day (for the rate) and per seasonal lag (0: no seasonal context).
+    per_day: f64,
+    period: usize,
+    metrics: Vec<Metric>,
+    mu: Vec<f64>,
+    cov: Vec<f64>,
+    inv: Option<Vec<f64>>,
+    n_cov: u64,
+    h1: Hist,
+    h2: Hist,
+    d_prev: f64,
+    t1: f64,
+    t2: f64,
+    t: u64,
+    state: State,
+    age: usize,
+    held: f64,
+    /// Outputs of the last event.
+    contrib: Vec<f64>,
+    /// Scratch: features and A·f.
+    #[serde(skip)]
+    f: Vec<f64>,
+    #[serde(skip)]
+    af: Vec<f64>,
+}
+
+/// The result of one event.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Out {
+    r: f64,
+    flagged: bool,
+    start: bool,
+}
+
+impl Codev {
+    pub fn new(params: CodevParams, dim: usize) -> Self {
+        let f = 3 * dim;
+        let mut cov = vec![0.0; f * f];
+        for i in 0..f {
+            cov[i * f + i] = 1.0;
+        }
+        Codev {
+            params,
+            dim,
+            probe_ts: Vec::new(),
+            probe_rows: Vec::new(),
+            per_day: 0.0,
+            period: 0,
+            metrics: (0..dim).map(|_| Metric::new()).collect(),
+            mu: vec![0.0; f],
+            cov,
+            inv: None,
+            n_cov: 0,
+            h1: Hist::new(),
+            h2: Hist::new(),
+            d_prev: 0.0,
+            t1: 0.0,
+            t2: 0.0,
+            t: 0,
+            state: State::Armed,
+            age: 0,
+            held: 0.0,
+            contrib: vec![0.0; dim],
+            f: Vec::new(),
+            af: Vec::new(),
+        }
+    }
+
+    /// Takes one event: while the events per day are unknown it is kept (and not judged);
+    /// then every kept event is replayed in order. Returns the event's result once known.
+    fn take(&mut self, ts: f64, x: &[f64]) -> Option<Out> {
+        if self.per_day > 0.0 {
+            return Some(self.update(x));
+        }
+        self.probe_ts.push(ts);
+        self.probe_rows.extend_from_slice(x);
+        if self.probe_ts.len() < PROBE {
+            return None;
+        }
+        let mut gaps: Vec<f64> = self.probe_ts.windows(2).map(|w| w[1] - w[0]).collect();
+        gaps.sort_by(f64::total_cmp);
+        let n = gaps.len();
+        let dt = if n % 2 == 1 {
+            gaps[n / 2]
+        } else {
+            0.5 * (gaps[n / 2 - 1] + gaps[n / 2])
+        };
+        let (per_day, period) = if dt > 0.0 {
+            let p = (86_400.0 / dt).round();
+            (
+                86_400.0 / dt,
+                if (24.0..=4032.0).contains(&p) && self.params.days > 0 {
+                    p as usize
+                } else {
+                    0
+                },
+            )
+        } else {
+            (288.0, 0)
+        };
+        self.per_day = per_day;
+        self.period = period;
+        let rows = std::mem::take(&mut self.probe_rows);
+        self.probe_ts = Vec::new();
+        let mut last = None;
+        for row in rows.chunks_exact(self.dim.max(1)) {
+            last = Some(self.update(row));
+        }
+        last
+    }
+
+    /// The spec's per-event update (research/real/FINDINGS.md §2).
+    fn update(&mut self, x: &[f64]) -> Out {
+        let p = &self.params;
+        let m_n = self.dim;
+        let fdim = 3 * m_n;
+        let season_len = p.days * self.period;
+        self.f.clear();
+        self.f.resize(fdim, 0.0);
+        let mut levels = vec![0.0; m_n];
+        let mut ready = true;
+        for (j, (m, &xv)) in self.metrics.iter_mut().zip(x).enumerate() {
+            let mut level = xv;
+            if m.sorted.len() >= MIN_LEVEL {
+                level = m.median();
+                if self.t % REFRESH == 0 || m.mad.is_none() {
+                    m.mad = Some(1.4826 * m.mad_about(level));
+                }
+                let mut s = m.mad.unwrap_or(0.0);
+                let step = if m.steps.is_empty() {
+                    0.0
+                } else {
+                    m.step_sum / m.steps.len() as f64
+                };
+                s = s.max(step).max(1e-9 * level.abs() + 1e-12);
+                let mut dv = xv - level;
+                let mut zs = None;
+                if season_len > 0 && m.season.len() >= self.period {
+                    let mut lags = [0.0f64; 16];
+                    let mut nl = 0;
+                    for k in 1..=p.days {
+                        if k * self.period > m.season.len() {
+                            break;
+                        }
+                        lags[nl] = m.season[m.season.len() - k * self.period];
+                        nl += 1;
+                    }
+                    let lags = &mut lags[..nl];
+                    lags.sort_by(f64::total_cmp);
+                    let med = if nl % 2 == 1 {
+                        lags[nl / 2]
+                    } else {
+                        0.5 * (lags[nl / 2 - 1] + lags[nl / 2])
+                    };
+                    let ds = xv - med;
+                    zs = Some(ds / s);
+                    dv = if (dv > 0.0) == (ds > 0.0) {
+                        if dv.abs() < ds.abs() { dv } else { ds }
+                    } else {
+                        0.0
+                    };
+                }
+                if (xv - level).abs() < p.min_change * level.abs() {
+                    dv = 0.0;
+                }
+                let dir = |v: f64| match p.direction {
+                    Direction::Up if v < 0.0 => 0.0,
+                    Direction::Down if v > 0.0 => 0.0,
+                    _ => v,
+                };
+                self.f[j] = dir(dv / s).clamp(-ZCLIP, ZCLIP);
+                let (lo, hi) = (m.sorted[0], m.sorted[m.sorted.len() - 1]);
+                let mut rz = if xv > hi {
+                    (xv - hi) / s
+                } else if xv < lo {
+                    (xv - lo) / s
+                } else {
+                    0.0
+                };
+                if let Some(z) = zs
+                    && rz != 0.0
+                {
+                    rz = if (rz > 0.0) == (z > 0.0) {
+                        if rz.abs() < z.abs() { rz } else { z }
+                    } else {
+                        0.0
+                    };
+                }
+                self.f[m_n + j] = dir(rz).clamp(-ZCLIP, ZCLIP);
+                self.f[2 * m_n + j] = zs.map_or(0.0, |z| dir(z).clamp(-ZCLIP, ZCLIP));
+            } else {
+                ready = false;
+            }
+            levels[j] = level;
+            if season_len > 0 && m.season.len() < self.period {
+                ready = false;
+            }
+        }
+        // Joint distance and contributions.
+        self.af.clear();
+        self.af.resize(fdim, 0.0);
+        let mut d = 0.0;
+        match &self.inv {
+            Some(a) => {
+                for i in 0..fdim {
+                    let row = &a[i * fdim..(i + 1) * fdim];
+                    let s: f64 = row.iter().zip(&self.f).map(|(a, f)| a * f).sum();
+                    self.af[i] = s;
+                    d += s * self.f[i];
+                }
+            }
+            None => {
+                for i in 0..fdim {
+                    self.af[i] = self.f[i] / (1.0 + p.ridge);
+                    d += self.af[i] * self.f[i];
+                }
+            }
+        }
+        let d = d.max(0.0);
+        let mut total = 0.0;
+        for j in 0..m_n {
+            let c: f64 = (0..3)
+                .map(|b| self.f[b * m_n + j] * self.af[b * m_n + j])
+                .sum();
+            self.contrib[j] = c.max(0.0);
+            total += self.contrib[j];
+        }
+        for c in &mut self.contrib {
+            *c = if total > 0.0 {
+                *c / total
+            } else {
+                1.0 / m_n as f64
+            };
+        }
+        let dm = 0.5 * (d + self.d_prev);
+        // Calibration.
+        let r = rho_for_pages(p.pages_per_day) / self.per_day;
+        if self.t % REFRESH == 0 || self.t1 <= 0.0 {
+            self.t1 = self.h1.threshold(r);
+            self.t2 = self.h2.threshold(r);
+        }
+        let scoring = ready && self.h1.bins.len() >= WARM && self.n_cov >= WARM as u64;
+        let (r1, r2) = if scoring {
+            (d / self.t1, dm / self.t2)
+        } else {
+            (0.0, 0.0)
+        };
+        let score = r1.max(r2);
+        // Alarm state machine.
+        let off = p.release;
+        let mut flagged = false;
+        let mut start = false;
+        if self.state == State::Alarm {
+            self.age += 1;
+            if r1 < off || self.age >= p.max_hold {
+                self.state = State::Refractory;
+            } else {
+                flagged = true;
+            }
+        }
+        if self.state == State::Refractory && score < off {
+            self.state = State::Armed;
+        }
+        if self.state == State::Armed && score >= 1.0 {
+            self.state = State::Alarm;
+            self.age = 0;
+            flagged = true;
+            start = true;
+        }
+        // Learning: flagged events are not learned.
+        let learn = !flagged;
+        for (j, (m, &xv)) in self.metrics.iter_mut().zip(x).enumerate() {
+            if season_len > 0 {
+                if m.season.len() == season_len {
+                    m.season.pop_front();
+                }
+                m.season.push_back(if learn { xv } else { levels[j] });
+            }
+            if learn {
+                m.learn(xv, p.window);
+            }
+        }
+        if learn && ready {
+            let a = 1.0 / ((self.n_cov + 1).min(p.memory as u64)) as f64;
+            for i in 0..fdim {
+                self.mu[i] += a * (self.f[i] - self.mu[i]);
+            }
+            for i in 0..fdim {
+                let di = self.f[i] - self.mu[i];
+                for k in 0..=i {
+                    let c = self.cov[i * fdim + k]
+                        + a * (di * (self.f[k] - self.mu[k]) - self.cov[i * fdim + k]);
+                    self.cov[i * fdim + k] = c;
+                    self.cov[k * fdim + i] = c;
+                }
+            }
+            self.n_cov += 1;
+            if self.n_cov % INV_EVERY == 0 || self.n_cov == WARM as u64 {
+                if let Some(inv) = spd_inverse(&self.cov, fdim, p.ridge) {
+                    self.inv = Some(inv);
+                }
+            }
+        }
+        if ready && learn {
+            self.h1.add(d, p.calibration);
+            self.h2.add(dm, p.calibration);
+        }
+        self.d_prev = d;
+        self.held = score.max(p.decay * self.held);
+        self.t += 1;
+        Out {
+            r: score,
+            flagged,
+            start,
+        }
+    }
+}
+
+/// (A + ridge·I)⁻¹ of a symmetric positive definite `n × n` matrix by Cholesky; `None` when it
+/// is not positive definite.
+fn spd_inverse(a: &[f64], n: usize, ridge: f64) -> Option<Vec<f64>> {
+    let mut l = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            let mut s = a[i * n + j] + if i == j { ridge } else { 0.0 };
+            for k in 0..j {
+                s -= l[i * n + k] * l[j * n + k];
+            }
+            if i == j {
+                if s <= 0.0 {
+                    return None;
+                }
+                l[i * n + i] = s.sqrt();
+            } else {
+                l[i * n + j] = s / l[j * n + j];
+            }
+        }
+    }
+    let mut out = vec![0.0; n * n];
+    let (mut col, mut y) = (vec![0.0; n], vec![0.0; n]);
+    for c in 0..n {
+        for (i, v) in col.iter_mut().enumerate() {
+            *v = if i == c { 1.0 } else { 0.0 };
+        }
+        for i in 0..n {
+            let mut s = col[i];
+            for k in 0..i {
+                s -= l[i * n + k] * y[k];
+            }
+            y[i] = s / l[i * n + i];
+        }
+        for i in (0..n).rev() {
+            let mut s = y[i];
+            for k in i + 1..n {
+                s -= l[k * n + i] * col[k];
+            }
+            col[i] = s / l[i * n + i];
+        }
+        for i in 0..n {
+            out[i * n + c] = col[i];
+        }
+    }
+    Some(out)
+}
+
+impl StreamingDetector for Codev {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Training events go through the same update (so the alarm logic keeps incidents in the
+    /// training data out of what is learnt); their results are dropped.
+    fn learn(&mut self, ts: f64, x: &[f64]) {
+        self.take(ts, x);
+    }
+
+    fn step(&mut self, ts: f64, x: &[f64]) -> Step {
+        match self.take(ts, x) {
+            Some(o) => Step {
+                score: self.held / (1.0 + self.held),
+                flagged: o.flagged,
+                alarm_start: o.start,
+            },
+            None => Step {
+                score: 0.0,
+                flagged: false,
+                alarm_start: false,
+            },
+        }
+        .clamp_score()
+    }
+
+    fn contributions(&self, out: &mut [f64]) {
+        if self.per_day > 0.0 {
+            out.copy_from_slice(&self.contrib);
+        } else {
+            out.iter_mut().for_each(|v| *v = 0.0);
+        }
+    }
+
+    fn threshold(&self) -> f64 {
+        0.5
+    }
+
+    fn clone_box(&self) -> Box<dyn StreamingDetector> {
+        Box::new(self.clone())
+    }
+
+    fn save(&self) -> Vec<u8> {
+        encode_state(self)
+    }
+}
+
+trait ClampScore {
+    fn clamp_score(self) -> Self;
+}
+
+impl ClampScore for Step {
+    /// Scores stay finite and in [0, 1] whatever the input.
+    fn clamp_score(mut self) -> Self {
+        if !self.score.is_finite() {
+            self.score = if self.flagged { 1.0 } else { 0.0 };
+        }
+        self.score = self.score.clamp(0.0, 1.0);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_knob_maps_pages_to_rho_through_the_calibration() {
+        for (rho, pages) in KNOB {
+            assert!((rho_for_pages(pages) - rho).abs() < 1e-9 * rho);
+        }
+        let mid = rho_for_pages(0.8);
+        assert!(mid > 0.1 && mid < 0.3, "{mid}");
+        // Monotone, and extrapolated beyond the table.
+        assert!(rho_for_pages(0.2) < 0.01 && rho_for_pages(4.0) > 1.0);
+    }
+
+    #[test]
+    fn histogram_quantiles_and_tail_threshold() {
+        let mut h = Hist::new();
+        for i in 1..=1000 {
+            h.add(i as f64 / 100.0, 2016);
+        }
+        let q = h.quantile(0.5);
+        assert!((q - 5.0).abs() < 0.5, "{q}");
+        // The exponential tail lies beyond the 98th percentile for rare rates.
+        assert!(h.threshold(1e-4) > h.quantile(0.98));
+        assert!(h.threshold(0.5) >= FLOOR);
+        // A window: old values leave.
+        let mut w = Hist::new();
+        for _ in 0..10 {
+            w.add(100.0, 5);
+        }
+        for _ in 0..5 {
+            w.add(0.01, 5);
+        }
+        assert_eq!(w.counts.iter().sum::<u32>(), 5);
+        assert!(w.quantile(0.99) < 0.02);
+    }
+
+    #[test]
+    fn cholesky_inverse_inverts() {
+        let a = [4.0, 1.0, 0.5, 1.0, 3.0, 0.2, 0.5, 0.2, 2.0];
+        let inv = spd_inverse(&a, 3, 0.0).unwrap();
+        for i in 0..3 {
+            for j in 0..3 {
+                let v: f64 = (0..3).map(|k| a[i * 3 + k] * inv[k * 3 + j]).sum();
+                assert!((v - if i == j { 1.0 } else { 0.0 }).abs() < 1e-12);
+            }
+        }
+        assert!(spd_inverse(&[-1.0], 1, 0.0).is_none());
+    }
+
+    #[test]
+    fn mad_walks_out_from_the_median() {
+        let mut m = Metric::new();
+        for v in [1.0, 2.0, 3.0, 4.0, 100.0] {
+            m.learn(v, 72);
+        }
+        assert_eq!(m.median(), 3.0);
+        // |w - 3| = 2, 1, 0, 1, 97: the k = 2 smallest (0-based) is 1.
+        assert_eq!(m.mad_about(3.0), 1.0);
+        assert_eq!(m.step_sum, 1.0 + 1.0 + 1.0 + 96.0);
+    }
+
+    /// One event of a reference vector file: inputs, R, flag, H, contributions.
+    type Row = (Vec<f64>, f64, bool, f64, Vec<f64>);
+
+    /// Reads a reference vector file.
+    fn vectors(text: &str) -> (usize, Vec<Row>) {
+        let mut lines = text.lines().filter(|l| !l.starts_with('#'));
+        let header = lines.next().unwrap();
+        let m = header.split(',').filter(|c| c.starts_with('x')).count();
+        let rows = lines
+            .map(|l| {
+                let v: Vec<f64> = l.split(',').map(|c| c.parse().unwrap()).collect();
+                (
+                    v[1..1 + m].to_vec(),
+                    v[1 + m],
+                    v[2 + m] != 0.0,
+                    v[3 + m],
+                    v[4 + m..4 + 2 * m].to_vec(),
+                )
+            })
+            .collect();
+        (m, rows)
+    }
+
+    /// The port against the reference implementation's outputs, from event `from` on (the
+    /// reference knows the events per day in advance; the port learns them from the first
+    /// 500 events and judges none of those).
+    fn check_vectors(text: &str, ts: impl Fn(usize) -> f64) {
+        let (m, rows) = vectors(text);
+        let mut c = Codev::new(CodevParams::default(), m);
+        let mut flags = 0;
+        for (t, (x, r, flag, held, contrib)) in rows.iter().enumerate() {
+            let s = c.step(ts(t), x);
+            if t < PROBE {
+                continue;
+            }
+            let want = held / (1.0 + held);
+            assert!(
+                (s.score - want).abs() <= 1e-9 * want.max(1.0),
+                "event {t}: score {} want {want} (R {r})",
+                s.score
+            );
+            assert_eq!(s.flagged, *flag, "event {t}: R {r}");
+            flags += usize::from(*flag);
+            let mut got = vec![0.0; m];
+            c.contributions(&mut got);
+            for (g, w) in got.iter().zip(contrib) {
+                assert!((g - w).abs() < 1e-9, "event {t}: {got:?} vs {contrib:?}");
+            }
+        }
+        assert!(flags > 0, "the vectors hold flagged events");
+    }
+
+    #[test]
+    fn matches_the_reference_on_a_real_service_with_seasonality() {
+        // The first 2400 events of one real service (19 metrics, 5-minute steps).
+        check_vectors(include_str!("../../tests/data/codev_d2s00.csv"), |t| {
+            1.6e9 + 300.0 * t as f64
+        });
+    }
+
+    #[test]
+    fn matches_the_reference_on_the_seed_stream() {
+        // The first 3000 events of the seed stream (3 features, 10 events/s: no seasonal
+        // context).
+        // The simulator's timestamps as JSON carries them (tenths of a second, as parsed).
+        check_vectors(include_str!("../../tests/data/codev_seed.csv"), |t| {
+            (17_324_928_000 + t as u64) as f64 / 10.0
+        });
+    }
+}

@@ -1,0 +1,467 @@
+//! The three stages of `kanary detect`: poll, score, commit (see the parent module).
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use kanary_core::persist::ModelFile;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
+use rdkafka::producer::future_producer::DeliveryFuture;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use super::consumer::{KanaryConsumer, Shared};
+use super::{Settings, state_file};
+use crate::modelio;
+use crate::pipeline::{BatchOutput, Message, Pipeline};
+
+/// Messages of one poll batch, as owned bytes.
+#[derive(Default)]
+pub(super) struct Batch {
+    data: Vec<u8>,
+    meta: Vec<Meta>,
+}
+
+pub(super) struct Meta {
+    payload: Range<usize>,
+    key: Option<Range<usize>>,
+    partition: i32,
+    offset: i64,
+}
+
+/// A batch whose outputs are on their way.
+pub(super) struct Pending {
+    deliveries: Vec<DeliveryFuture>,
+    /// Next offset to consume per partition, stored once the deliveries are done (empty:
+    /// store nothing, as between two snapshots of streaming models).
+    offsets: Vec<(i32, i64)>,
+    /// Streaming models' states reflecting every event before `offsets`: saved before the
+    /// offsets are stored and committed.
+    snapshot: Option<Vec<ModelFile>>,
+    /// Events whose offsets this stores.
+    events: usize,
+    /// A batch of the poll stage (counted in `inflight`), not the final snapshot.
+    polled: bool,
+}
+
+/// Stage 1: poll the consumer into batches until shutdown. A batch is whatever is ready once
+/// the first message arrives, up to `batch_size`: small at low rates (low latency), large at
+/// high rates (throughput).
+pub(super) fn poll_loop(
+    consumer: &KanaryConsumer,
+    shared: &Shared,
+    batch_size: usize,
+    tx: std::sync::mpsc::SyncSender<Batch>,
+) -> Result<()> {
+    let mut batch = Batch::default();
+    while !shared.shutdown.is_triggered() {
+        let timeout = if batch.meta.is_empty() {
+            Duration::from_millis(100)
+        } else {
+            Duration::ZERO
+        };
+        let got = match consumer.poll(timeout) {
+            Some(Ok(m)) => {
+                let start = batch.data.len();
+                batch
+                    .data
+                    .extend_from_slice(m.payload().unwrap_or_default());
+                let payload = start..batch.data.len();
+                let key = m.key().map(|k| {
+                    let s = batch.data.len();
+                    batch.data.extend_from_slice(k);
+                    s..batch.data.len()
+                });
+                batch.meta.push(Meta {
+                    payload,
+                    key,
+                    partition: m.partition(),
+                    offset: m.offset(),
+                });
+                true
+            }
+            Some(Err(e)) => {
+                tracing::warn!("consumer error: {e}");
+                false
+            }
+            None => false,
+        };
+        if !batch.meta.is_empty() && (!got || batch.meta.len() >= batch_size) {
+            shared.inflight.fetch_add(1, Ordering::AcqRel);
+            if tx.send(std::mem::take(&mut batch)).is_err() {
+                shared.inflight.fetch_sub(1, Ordering::AcqRel);
+                bail!("scoring stage stopped");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stage 2: score batches and hand their outputs to the producer.
+///
+/// With streaming models, offsets are stored only with a snapshot of their states (every
+/// `--snapshot-every` seconds and at shutdown), so a restart resumes a state that reflects
+/// exactly the events before the committed offsets.
+pub(super) fn score_loop(
+    mut pipeline: Pipeline,
+    floor: BTreeMap<i32, i64>,
+    rx: std::sync::mpsc::Receiver<Batch>,
+    tx: mpsc::Sender<Pending>,
+    producer: &FutureProducer,
+    shared: &Shared,
+    s: &Settings,
+) -> Result<()> {
+    let mut out = BatchOutput::default();
+    let mut stats = StageStats::default();
+    let streaming = pipeline.has_streaming();
+    // Next offset per partition over every batch so far, and events since the last snapshot.
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut unsaved = 0usize;
+    let mut last_snapshot = Instant::now();
+    let mut skipped = 0u64;
+    loop {
+        let waited = Instant::now();
+        let batch = if streaming {
+            // While the stream is idle, save what is unsaved so its offsets get committed.
+            match rx.recv_timeout(s.snapshot_every) {
+                Ok(b) => b,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if unsaved > 0 {
+                        let idle = Pending {
+                            deliveries: Vec::new(),
+                            offsets: next.iter().map(|(&p, &o)| (p, o)).collect(),
+                            snapshot: Some(snapshot(&pipeline, &next, &s.topic)),
+                            events: std::mem::take(&mut unsaved),
+                            polled: false,
+                        };
+                        last_snapshot = Instant::now();
+                        if tx.blocking_send(idle).is_err() {
+                            bail!("commit stage stopped");
+                        }
+                    }
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            let Ok(b) = rx.recv() else { break };
+            b
+        };
+        stats.idle += waited.elapsed();
+        let busy = Instant::now();
+        let msgs: Vec<Message> = Vec::from_iter(
+            batch
+                .meta
+                .iter()
+                .filter(|m| floor.get(&m.partition).is_none_or(|&f| m.offset >= f))
+                .map(|m| Message {
+                    payload: &batch.data[m.payload.clone()],
+                    key: m.key.clone().map(|k| &batch.data[k]),
+                    partition: m.partition,
+                    offset: m.offset,
+                }),
+        );
+        if msgs.len() < batch.meta.len() {
+            skipped += (batch.meta.len() - msgs.len()) as u64;
+            tracing::info!(
+                skipped,
+                "skipped events the resumed streaming state already reflects"
+            );
+        }
+        let now = modelio::now();
+        pipeline.process(&msgs, now, &mut out);
+        for &i in &out.fitted {
+            // Save before the offsets of the events that completed training are stored, so a
+            // restart resumes with the model instead of refitting.
+            let file = pipeline.model_file(i, now);
+            let path = state_file(&s.state_dir, file.kind.name());
+            modelio::save(&path, &file)
+                .with_context(|| format!("cannot save {}", path.display()))?;
+            tracing::info!(path = %path.display(), services = file.detectors.len(), "saved {} models", file.kind);
+        }
+        shared
+            .readiness
+            .models_ready
+            .store(pipeline.has_models(), Ordering::Release);
+        let mut deliveries = Vec::with_capacity(out.anomalies.len() + out.dead_letters.len());
+        for a in &out.anomalies {
+            let rec = FutureRecord::to(&s.anomalies_topic)
+                .key(a.service.as_str())
+                .payload(a.json.as_str());
+            deliveries.push(send(producer, rec));
+        }
+        for d in &out.dead_letters {
+            let m = &msgs[d.index];
+            let source = format!("{}/{}/{}", s.topic, m.partition, m.offset);
+            let mut headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "kanary-reason",
+                    value: Some(d.reason),
+                })
+                .insert(Header {
+                    key: "kanary-error",
+                    value: Some(d.error.as_str()),
+                })
+                .insert(Header {
+                    key: "kanary-source",
+                    value: Some(source.as_str()),
+                });
+            if let Some(model) = d.model {
+                headers = headers.insert(Header {
+                    key: "kanary-model",
+                    value: Some(model),
+                });
+            }
+            let mut rec = FutureRecord::to(&s.dlq_topic)
+                .payload(m.payload)
+                .headers(headers);
+            if let Some(k) = m.key {
+                rec = rec.key(k);
+            }
+            deliveries.push(send(producer, rec));
+        }
+        let mut offsets: Vec<(i32, i64)> = Vec::new();
+        for m in &batch.meta {
+            match offsets.iter_mut().find(|(p, _)| *p == m.partition) {
+                Some((_, o)) => *o = (*o).max(m.offset + 1),
+                None => offsets.push((m.partition, m.offset + 1)),
+            }
+            let n = next.entry(m.partition).or_insert(0);
+            *n = (*n).max(m.offset + 1);
+        }
+        let mut pending = Pending {
+            deliveries,
+            offsets,
+            snapshot: None,
+            events: batch.meta.len(),
+            polled: true,
+        };
+        if streaming {
+            unsaved += batch.meta.len();
+            if last_snapshot.elapsed() >= s.snapshot_every {
+                pending.offsets = next.iter().map(|(&p, &o)| (p, o)).collect();
+                pending.snapshot = Some(snapshot(&pipeline, &next, &s.topic));
+                pending.events = std::mem::take(&mut unsaved);
+                last_snapshot = Instant::now();
+            } else {
+                pending.offsets.clear();
+                pending.events = 0;
+            }
+        }
+        stats.busy += busy.elapsed();
+        let blocked = Instant::now();
+        if tx.blocking_send(pending).is_err() {
+            bail!("commit stage stopped");
+        }
+        stats.blocked += blocked.elapsed();
+        stats.batches += 1;
+        stats.events += batch.meta.len() as u64;
+        stats.maybe_log();
+        if shared.fatal.load(Ordering::Acquire) {
+            bail!("a delivery failed for good");
+        }
+    }
+    if streaming && unsaved > 0 && !shared.fatal.load(Ordering::Acquire) {
+        // Shutdown: one last snapshot, after every batch before it.
+        let last = Pending {
+            deliveries: Vec::new(),
+            offsets: next.iter().map(|(&p, &o)| (p, o)).collect(),
+            snapshot: Some(snapshot(&pipeline, &next, &s.topic)),
+            events: unsaved,
+            polled: false,
+        };
+        if tx.blocking_send(last).is_err() {
+            bail!("commit stage stopped before the final snapshot");
+        }
+    }
+    Ok(())
+}
+
+/// The streaming models' states with the offsets they reflect.
+fn snapshot(pipeline: &Pipeline, next: &BTreeMap<i32, i64>, topic: &str) -> Vec<ModelFile> {
+    let offsets: Vec<(String, i32, i64)> = next
+        .iter()
+        .map(|(&p, &o)| (topic.to_string(), p, o))
+        .collect();
+    pipeline.snapshots(modelio::now(), &offsets)
+}
+
+/// Where the scoring thread's time goes, logged at debug level every 10 s.
+struct StageStats {
+    since: Instant,
+    batches: u64,
+    events: u64,
+    busy: Duration,
+    idle: Duration,
+    blocked: Duration,
+}
+
+impl Default for StageStats {
+    fn default() -> Self {
+        StageStats {
+            since: Instant::now(),
+            batches: 0,
+            events: 0,
+            busy: Duration::ZERO,
+            idle: Duration::ZERO,
+            blocked: Duration::ZERO,
+        }
+    }
+}
+
+impl StageStats {
+    fn maybe_log(&mut self) {
+        if self.since.elapsed() < Duration::from_secs(10) {
+            return;
+        }
+        tracing::debug!(
+            batches = self.batches,
+            events = self.events,
+            mean_batch = self.events / self.batches.max(1),
+            busy_ms = self.busy.as_millis() as u64,
+            waiting_for_input_ms = self.idle.as_millis() as u64,
+            blocked_on_commit_ms = self.blocked.as_millis() as u64,
+            "scoring stage"
+        );
+        *self = StageStats::default();
+    }
+}
+
+/// Queues one record, waiting while the producer's queue is full.
+fn send<K, P>(producer: &FutureProducer, mut rec: FutureRecord<'_, K, P>) -> DeliveryFuture
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send_result(rec) {
+            Ok(f) => return f,
+            Err((e, r)) => {
+                tracing::debug!("producer queue: {e}");
+                rec = r;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+/// Stage 3: wait for each batch's deliveries, then store its offsets. Returns the number of
+/// events whose offsets were stored.
+pub(super) async fn commit_loop(
+    mut rx: mpsc::Receiver<Pending>,
+    consumer: &KanaryConsumer,
+    producer: &FutureProducer,
+    shared: &Shared,
+    topic: &str,
+    state_dir: &Path,
+) -> usize {
+    let mut committed = 0;
+    while let Some(p) = rx.recv().await {
+        let mut ok = true;
+        for d in p.deliveries {
+            if !deliver(d, producer).await {
+                ok = false;
+            }
+        }
+        if !ok {
+            // Never store offsets past an event whose output is lost: stop, and let a restart
+            // reprocess from the last stored offset.
+            shared.fatal.store(true, Ordering::Release);
+            shared.stop();
+        }
+        if let Some(files) = p.snapshot.filter(|_| !shared.fatal.load(Ordering::Acquire)) {
+            // Save the states before their offsets are stored: a restart then finds a state
+            // that reflects every event before the committed offsets.
+            let dir = state_dir.to_path_buf();
+            let saved = tokio::task::spawn_blocking(move || -> Result<usize> {
+                for file in &files {
+                    let path = state_file(&dir, file.kind.name());
+                    modelio::save(&path, file)
+                        .with_context(|| format!("cannot save {}", path.display()))?;
+                }
+                Ok(files.iter().map(|f| f.streams.len()).sum())
+            })
+            .await;
+            match saved {
+                Ok(Ok(n)) => tracing::debug!(services = n, "saved streaming states"),
+                Ok(Err(e)) => {
+                    tracing::error!("{e:#}");
+                    shared.fatal.store(true, Ordering::Release);
+                    shared.stop();
+                }
+                Err(e) => {
+                    tracing::error!("saving streaming states failed: {e}");
+                    shared.fatal.store(true, Ordering::Release);
+                    shared.stop();
+                }
+            }
+        }
+        if !shared.fatal.load(Ordering::Acquire) && !p.offsets.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (partition, next) in &p.offsets {
+                if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+                    tracing::warn!("bad offset {partition}/{next}: {e}");
+                }
+            }
+            match consumer.store_offsets(&tpl) {
+                Ok(()) => committed += p.events,
+                // The partition was revoked meanwhile: its new owner reprocesses (at least once).
+                Err(e) => tracing::debug!("cannot store offsets: {e}"),
+            }
+        }
+        if p.polled {
+            shared.inflight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    committed
+}
+
+/// Awaits one delivery, re-sending a failed record a few times. Returns false when it is lost.
+async fn deliver(d: DeliveryFuture, producer: &FutureProducer) -> bool {
+    let (mut err, mut msg) = match d.await {
+        Ok(Ok(_)) => return true,
+        Ok(Err((e, m))) => (e, m),
+        Err(_) => {
+            tracing::error!("delivery cancelled: the producer went away");
+            return false;
+        }
+    };
+    for attempt in 1..=3 {
+        tracing::warn!(
+            topic = msg.topic(),
+            attempt,
+            "delivery failed ({err}); retrying"
+        );
+        tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+        let mut headers = OwnedHeaders::new();
+        if let Some(h) = msg.headers() {
+            for i in 0..h.count() {
+                let hd = h.get(i);
+                headers = headers.insert(Header {
+                    key: hd.key,
+                    value: hd.value,
+                });
+            }
+        }
+        let mut rec = FutureRecord::to(msg.topic())
+            .payload(msg.payload().unwrap_or_default())
+            .headers(headers);
+        if let Some(k) = msg.key() {
+            rec = rec.key(k);
+        }
+        match producer.send(rec, Duration::from_secs(30)).await {
+            Ok(_) => return true,
+            Err((e, m)) => {
+                err = e;
+                msg = m;
+            }
+        }
+    }
+    tracing::error!(topic = msg.topic(), "delivery failed for good: {err}");
+    false
+}
