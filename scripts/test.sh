@@ -8,7 +8,8 @@
 #
 # Stages: system packages -> fmt + clippy -> unit, property and CLI tests -> Kafka end-to-end
 # tests (+ Prometheus, promtool, dashboard queries) -> deployment files -> live page and eval
-# report in headless Chromium -> Isolation Forest parity with scikit-learn -> NAB score.
+# report in headless Chromium -> Isolation Forest parity with scikit-learn -> NAB score ->
+# every model on the shipped cut of the real services set.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -116,5 +117,10 @@ NAB_DATA="${KANARY_NAB_DATA:-$ROOT/data/nab}"
   || die "NAB data folder $NAB_DATA lacks labels/windows.json or data/ (expected data/<category>/<file>.csv and labels/windows.json)"
 step "Numenta Anomaly Benchmark ($NAB_DATA)"
 "$ROOT/scripts/nab.sh" --kanary "$KANARY" --data "$NAB_DATA" --out "$OUT/nab" --check
+
+# --- 9. Every model on the shipped cut of the real services set ---------------------------
+step "every model, judged as an operator would (scripts/eval_real.sh on data/services)"
+"$ROOT/scripts/eval_real.sh" --kanary "$KANARY" --out "$OUT/eval-real" >"$OUT/eval-real.log"
+grep -q '| d2 | `codev` |' "$OUT/eval-real/table.md" || die "eval_real.sh wrote no table"
 
 step "all tests passed"

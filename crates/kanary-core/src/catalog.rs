@@ -112,7 +112,7 @@ mod tests {
             for n in std::iter::once(&spec.name).chain(spec.aliases) {
                 assert!(seen.insert(*n), "`{n}` is registered twice");
             }
-            assert!(!spec.summary.is_empty());
+            assert!(!spec.summary.is_empty() && !spec.title.is_empty());
             let defaults = spec.params.defaults();
             let help: Vec<&str> = spec.params.help().iter().map(|(k, _)| *k).collect();
             for key in defaults.keys() {

@@ -106,6 +106,8 @@ pub struct ModelSpec {
     pub name: &'static str,
     /// Other accepted spellings.
     pub aliases: &'static [&'static str],
+    /// Display name (the live page's card title).
+    pub title: &'static str,
     /// One line for `--help` and `kanary models`.
     pub summary: &'static str,
     pub params: &'static dyn ParamsSchema,

@@ -9,16 +9,6 @@
   const MAX_BACKOFF_MS = 5000; // retry interval ceiling while the server is unreachable
   const SVG_NS = 'http://www.w3.org/2000/svg';
 
-  const MODEL_NAMES = {
-    if: 'Isolation Forest',
-    iforest: 'Isolation Forest',
-    ae: 'Autoencoder',
-    autoencoder: 'Autoencoder',
-    zscore: 'Robust z-score',
-    rcf: 'Random Cut Forest',
-    hst: 'Half-Space Trees',
-    ensemble: 'Ensemble',
-  };
   const STATE_LABELS = { waiting: 'Waiting for events', warming_up: 'Warming up', scoring: 'Scoring' };
 
   const ui = {
@@ -152,7 +142,6 @@
     return fmtDuration(sec) + ' ago';
   }
 
-  function modelTitle(name) { return MODEL_NAMES[String(name).toLowerCase()] || ''; }
 
   // ---------------------------------------------------------------- charts
 
@@ -322,9 +311,9 @@
     return { node, num, hint };
   }
 
-  function buildCard(name) {
+  // The server names each model (its title comes from kanary's model registry).
+  function buildCard(name, title) {
     const id = 'model-' + String(name).replace(/[^A-Za-z0-9_-]/g, '_');
-    const title = modelTitle(name);
     const badge = h('span', { class: 'badge', 'data-field': 'state', 'data-state': 'waiting', text: STATE_LABELS.waiting });
     const invalid = h('span', { class: 'invalid', 'data-field': 'invalid', hidden: true });
     const head = h('header', { class: 'card-head' },
@@ -622,7 +611,7 @@
       seen.add(name);
       let c = cards.get(name);
       if (!c) {
-        c = buildCard(name);
+        c = buildCard(name, m.title ? String(m.title) : '');
         cards.set(name, c);
       }
       // keep the server's order

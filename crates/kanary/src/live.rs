@@ -61,6 +61,8 @@ pub struct AnomalyView {
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelSummary {
     pub model: String,
+    /// The model's display name, from the registry.
+    pub title: &'static str,
     pub state: ModelState,
     pub events: u64,
     pub scored: u64,
@@ -90,6 +92,9 @@ impl ModelSummary {
     fn new(model: &str) -> Self {
         ModelSummary {
             model: model.to_string(),
+            title: kanary_core::registry::ModelKind::named(model)
+                .map(|k| k.spec().title)
+                .unwrap_or(""),
             state: ModelState::Waiting,
             events: 0,
             scored: 0,

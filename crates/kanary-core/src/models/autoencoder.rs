@@ -376,6 +376,7 @@ impl From<AeError> for FitError {
 pub const SPEC: ModelSpec = ModelSpec {
     name: "ae",
     aliases: &["autoencoder"],
+    title: "Autoencoder",
     summary: "dense denoising autoencoder: score = reconstruction error",
     params: &Schema::<AeParams>::new(),
     default_threshold: ThresholdMethod::Pot {

@@ -231,6 +231,7 @@ impl ModelParams for CodevParams {
 pub const SPEC: ModelSpec = ModelSpec {
     name: "codev",
     aliases: &["default"],
+    title: "CoDev (default)",
     summary: "the default: per-metric level, range and seasonal deviations, joined by their covariance, calibrated to a page rate",
     params: &Schema::<CodevParams>::new(),
     default_threshold: ThresholdMethod::Fixed { value: 0.5 },

@@ -117,6 +117,7 @@ impl ModelParams for HstParams {
 pub const SPEC: ModelSpec = ModelSpec {
     name: "hst",
     aliases: &["half-space-trees"],
+    title: "Half-Space Trees",
     summary: "Half-Space Trees: events that land where few recent events went score high",
     params: &Schema::<HstParams>::new(),
     default_threshold: ThresholdMethod::Fixed {

@@ -769,6 +769,7 @@ impl From<IForestError> for FitError {
 pub const SPEC: ModelSpec = ModelSpec {
     name: "if",
     aliases: &["iforest", "isolation-forest"],
+    title: "Isolation Forest",
     summary: "Isolation Forest: rows that few random splits isolate score high",
     params: &Schema::<IForestParams>::new(),
     default_threshold: ThresholdMethod::Mad { k: 5.0 },

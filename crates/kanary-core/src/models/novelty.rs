@@ -153,6 +153,7 @@ impl ModelParams for NoveltyParams {
 pub const SPEC: ModelSpec = ModelSpec {
     name: "novelty",
     aliases: &["record-ratio"],
+    title: "Novelty (record ratio)",
     summary: "record-ratio novelty: deviations beyond every earlier one, per column",
     params: &Schema::<NoveltyParams>::new(),
     default_threshold: ThresholdMethod::Fixed {

@@ -80,6 +80,7 @@ impl RobustZ {
 pub const SPEC: ModelSpec = ModelSpec {
     name: "zscore",
     aliases: &["z", "robust-z"],
+    title: "Robust z-score",
     summary: "robust z-score baseline: largest distance from the training median in MADs",
     params: &Schema::<NoParams>::new(),
     default_threshold: ThresholdMethod::Pot {
