@@ -19,7 +19,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA="${KANARY_SERVICES_DATA:-$ROOT/data/services}"
 KANARY="$ROOT/target/release/kanary"
 OUT="$ROOT/target/eval-real"
-MODELS="codev,if,ae,zscore,novelty,hst"
+MODELS="codev,if,ae,zscore,novelty,hst,tcn"
 while [ $# -gt 0 ]; do
   case "$1" in
     --data) DATA="${2:?--data needs a folder}"; shift 2 ;;

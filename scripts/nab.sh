@@ -47,7 +47,7 @@ if [ ! -x "$KANARY" ]; then
 fi
 mkdir -p "$OUT"
 "$KANARY" nab --data "$DATA/data" --windows "$DATA/labels/windows.json" \
-  --model novelty,codev,if,ae,zscore,hst --results "$OUT" --json | tee "$OUT/nab.json"
+  --model novelty,codev,if,ae,zscore,hst,tcn --results "$OUT" --json | tee "$OUT/nab.json"
 python3 - "$OUT/nab.json" "$CHECK" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]

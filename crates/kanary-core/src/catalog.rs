@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Deserializer};
 
-use crate::models::{autoencoder, codev, hst, iforest, novelty, zscore};
+use crate::models::{autoencoder, codev, hst, iforest, novelty, tcn, zscore};
 use crate::registry::{ModelKind, ModelSpec, ParamError, UnknownModel};
 
 /// Every registered model (the first is the default), in the order `--help` and `kanary models` list them.
@@ -14,6 +14,7 @@ pub static MODELS: &[&ModelSpec] = &[
     &zscore::SPEC,
     &novelty::SPEC,
     &hst::SPEC,
+    &tcn::SPEC,
 ];
 
 /// The default detector: what `eval`, `detect`, `demo` and `nab` run without `--model`.

@@ -6,4 +6,5 @@ pub mod hst;
 pub mod iforest;
 pub mod nn;
 pub mod novelty;
+pub mod tcn;
 pub mod zscore;
