@@ -10,6 +10,7 @@
 //! - `live`: the rolling state behind the live page.
 //! - `modelio`: model files on disk (atomic writes, clear errors).
 //! - `input`: reading JSONL event files (plain or gzip).
+//! - `records`: the one JSON writer of a scored event (anomaly records, `eval --scores` lines).
 //! - `summary`: what an evaluation run produced; `report`: its self-contained HTML page.
 
 mod cli;
@@ -21,6 +22,7 @@ mod kafka;
 mod live;
 mod modelio;
 mod pipeline;
+mod records;
 mod report;
 mod summary;
 mod telemetry;

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use kanary_core::detector::{FittedDetector, ModelKind};
 use kanary_core::engine::{Engine, EngineConfig, Outcome};
 use kanary_core::eval::Confusion;
-use kanary_core::event::{Event, write_f64, write_json_object, write_json_str};
+use kanary_core::event::Event;
 use kanary_core::persist::ModelFile;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::live::{AnomalyView, Live, ModelState, ScorePoint};
+use crate::records::{Shape, write_scored};
 use crate::telemetry::{Metrics, ModelHandles, ModelInfo, ModelReason, ModelService};
 
 /// One consumed message.
@@ -345,7 +346,21 @@ impl Pipeline {
                         let m = &msgs[mi];
                         out.anomalies.push(AnomalyRecord {
                             service: ev.service.clone(),
-                            json: anomaly_json(ev, model, s, now, m.partition, m.offset),
+                            json: {
+                                let mut json = String::with_capacity(256);
+                                write_scored(
+                                    &mut json,
+                                    ev,
+                                    model,
+                                    s,
+                                    Shape::Anomaly {
+                                        detected_at: now,
+                                        partition: m.partition,
+                                        offset: m.offset,
+                                    },
+                                );
+                                json
+                            },
                         });
                         anomalies.push(AnomalyView {
                             ts: ev.ts,
@@ -454,47 +469,6 @@ impl Pipeline {
         });
         fitted
     }
-}
-
-/// The anomaly record (docs/events.md): `{"ts","detected_at","service","model","score",
-/// "threshold","features","contributions","label","partition","offset"}`.
-pub fn anomaly_json(
-    ev: &Event,
-    model: &str,
-    s: &kanary_core::Scored,
-    now: f64,
-    partition: i32,
-    offset: i64,
-) -> String {
-    let mut o = String::with_capacity(256);
-    o.push_str("{\"ts\":");
-    write_f64(&mut o, ev.ts);
-    o.push_str(",\"detected_at\":");
-    write_f64(&mut o, (now * 1e6).round() / 1e6);
-    o.push_str(",\"service\":");
-    write_json_str(&mut o, &ev.service);
-    o.push_str(",\"model\":");
-    write_json_str(&mut o, model);
-    o.push_str(",\"score\":");
-    write_f64(&mut o, s.score);
-    o.push_str(",\"threshold\":");
-    write_f64(&mut o, s.threshold);
-    o.push_str(",\"features\":");
-    write_json_object(&mut o, &s.features, &s.values);
-    o.push_str(",\"contributions\":");
-    write_json_object(&mut o, &s.features, &s.contributions);
-    o.push_str(",\"label\":");
-    o.push_str(match ev.label {
-        Some(true) => "1",
-        Some(false) => "0",
-        None => "null",
-    });
-    o.push_str(",\"partition\":");
-    o.push_str(&partition.to_string());
-    o.push_str(",\"offset\":");
-    o.push_str(&offset.to_string());
-    o.push('}');
-    o
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch.

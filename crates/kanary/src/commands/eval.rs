@@ -12,11 +12,12 @@ use anyhow::{Context, Result, bail};
 use kanary_core::detector::ModelKind;
 use kanary_core::engine::{Engine, Explain, Outcome};
 use kanary_core::eval::{Confusion, average_precision};
-use kanary_core::event::{Event, write_f64, write_json_object, write_json_str};
+use kanary_core::event::Event;
 use kanary_core::operator::{OperatorCounts, OperatorRules, typical_step};
 
 use crate::cli::EvalArgs;
 use crate::input::read_events;
+use crate::records::{Shape, write_scored};
 use crate::summary::{EvalSummary, ModelRun, ScoredPoint, ServiceSummary};
 use crate::{modelio, report};
 
@@ -171,7 +172,7 @@ pub fn replay(
                     }
                     if let Some(w) = scores_out.as_deref_mut() {
                         line.clear();
-                        score_line(&mut line, ev, kind, s);
+                        write_scored(&mut line, ev, kind.name(), s, Shape::Score);
                         w.write_all(line.as_bytes())
                             .context("cannot write scores")?;
                     }
@@ -261,37 +262,6 @@ fn per_service(
         });
     }
     (total, out)
-}
-
-/// `{"ts","service","model","score","threshold","flagged","label","contributions"}` + newline.
-fn score_line(out: &mut String, ev: &Event, kind: ModelKind, s: &kanary_core::Scored) {
-    out.push_str("{\"ts\":");
-    write_f64(out, ev.ts);
-    out.push_str(",\"service\":");
-    write_json_str(out, &ev.service);
-    out.push_str(",\"model\":\"");
-    out.push_str(kind.name());
-    out.push_str("\",\"score\":");
-    write_f64(out, s.score);
-    out.push_str(",\"threshold\":");
-    write_f64(out, s.threshold);
-    out.push_str(if s.flagged {
-        ",\"flagged\":true"
-    } else {
-        ",\"flagged\":false"
-    });
-    out.push_str(match ev.label {
-        Some(true) => ",\"label\":1",
-        Some(false) => ",\"label\":0",
-        None => ",\"label\":null",
-    });
-    if let Some(a) = ev.meta("anomaly") {
-        out.push_str(",\"anomaly\":");
-        write_json_str(out, a);
-    }
-    out.push_str(",\"contributions\":");
-    write_json_object(out, &s.features, &s.contributions);
-    out.push_str("}\n");
 }
 
 fn progress_bar(len: u64, label: &str) -> indicatif::ProgressBar {
