@@ -325,35 +325,46 @@ impl Engine {
         Ok(invalid)
     }
 
+    /// The state of the event's service, created on its first event (an event without any
+    /// numeric field cannot start a service).
+    fn service_of(&mut self, ev: &Event) -> Result<&mut Service, EventError> {
+        if !self.services.contains_key(ev.service.as_str()) {
+            let inputs = self.inputs_for(ev);
+            if inputs.is_empty() {
+                return Err(EventError::MissingFeature("(no numeric fields)".into()));
+            }
+            let window = self
+                .cfg
+                .window
+                .clone()
+                .map(|w| WindowState::new(w, inputs.len()));
+            let phase = self.new_phase(&inputs);
+            self.services.insert(
+                ev.service.clone(),
+                Service {
+                    inputs,
+                    window,
+                    phase,
+                },
+            );
+        }
+        Ok(self
+            .services
+            .get_mut(ev.service.as_str())
+            .expect("inserted above"))
+    }
+
     /// Streaming models: learns from every valid event in order, per service.
     fn learn_all(&mut self, events: &[Event], invalid: &mut HashMap<&'static str, u64>) {
         let (mut raw, mut derived) = (Vec::new(), Vec::new());
         for ev in events {
-            if !self.services.contains_key(ev.service.as_str()) {
-                let inputs = self.inputs_for(ev);
-                if inputs.is_empty() {
-                    *invalid.entry("missing_feature").or_default() += 1;
+            let svc = match self.service_of(ev) {
+                Ok(svc) => svc,
+                Err(e) => {
+                    *invalid.entry(e.reason()).or_default() += 1;
                     continue;
                 }
-                let window = self
-                    .cfg
-                    .window
-                    .clone()
-                    .map(|w| WindowState::new(w, inputs.len()));
-                let phase = self.new_phase(&inputs);
-                self.services.insert(
-                    ev.service.clone(),
-                    Service {
-                        inputs,
-                        window,
-                        phase,
-                    },
-                );
-            }
-            let svc = self
-                .services
-                .get_mut(ev.service.as_str())
-                .expect("inserted above");
+            };
             if let Err(e) = ev.extract_into(&svc.inputs, &mut raw) {
                 *invalid.entry(e.reason()).or_default() += 1;
                 continue;
@@ -402,39 +413,20 @@ impl Engine {
     pub fn process_batch(&mut self, events: &[Event], now: f64, out: &mut Vec<Outcome>) {
         let base = out.len();
         let train_events = self.cfg.train_events.max(MIN_TRAIN_ROWS);
+        let explain_all = self.cfg.explain == Explain::All;
         for p in self.pending.values_mut() {
             p.rows.clear();
             p.indices.clear();
         }
         let (mut raw, mut derived) = (Vec::new(), Vec::new());
         for (i, ev) in events.iter().enumerate() {
-            if !self.services.contains_key(ev.service.as_str()) {
-                let inputs = self.inputs_for(ev);
-                if inputs.is_empty() {
-                    out.push(Outcome::Invalid(EventError::MissingFeature(
-                        "(no numeric fields)".into(),
-                    )));
+            let svc = match self.service_of(ev) {
+                Ok(svc) => svc,
+                Err(e) => {
+                    out.push(Outcome::Invalid(e));
                     continue;
                 }
-                let window = self
-                    .cfg
-                    .window
-                    .clone()
-                    .map(|w| WindowState::new(w, inputs.len()));
-                let phase = self.new_phase(&inputs);
-                self.services.insert(
-                    ev.service.clone(),
-                    Service {
-                        inputs,
-                        window,
-                        phase,
-                    },
-                );
-            }
-            let svc = self
-                .services
-                .get_mut(ev.service.as_str())
-                .expect("inserted above");
+            };
             if let Err(e) = ev.extract_into(&svc.inputs, &mut raw) {
                 out.push(Outcome::Invalid(e));
                 continue;
@@ -456,7 +448,7 @@ impl Engine {
             match &mut svc.phase {
                 Phase::Streaming { model, names } => {
                     let s = model.step(ev.ts, row);
-                    let (values, contributions) = if s.flagged || self.cfg.explain == Explain::All {
+                    let (values, contributions) = if s.flagged || explain_all {
                         let mut shares = vec![0.0; row.len()];
                         model.contributions(&mut shares);
                         (row.to_vec(), shares)
@@ -519,7 +511,6 @@ impl Engine {
             }
         }
         // Score each service's pending rows in one batch.
-        let explain_all = self.cfg.explain == Explain::All;
         for (service, p) in self.pending.iter_mut() {
             if p.indices.is_empty() {
                 continue;
