@@ -498,6 +498,12 @@ fn models_lists_the_registry_and_parameters_are_checked() {
         "if.trees=0",
     ]);
     assert!(err.contains("`if.trees`: must be at least 1"), "{err}");
+    // A run that scores nothing is an error that says why, not an empty table.
+    let err = run_err(&["eval", "--input", input, "--model", "if", "--train", "5000"]);
+    assert!(
+        err.contains("scored no event") && err.contains("--train"),
+        "{err}"
+    );
     let err = run_err(&["eval", "--input", input, "--param", "trees=3"]);
     assert!(err.contains("MODEL.KEY=VALUE"), "{err}");
     // A parameter changes the model: fewer trees, different scores.

@@ -95,6 +95,17 @@ pub fn run(args: EvalArgs) -> Result<()> {
             &rules,
             scores_out.as_mut(),
         )?;
+        if run.summary.scored == 0 {
+            bail!(
+                "`{kind}` scored no event of {}: every service was still training ({} of {} events \
+                 were training events; a fitted model needs --train N events per service first, \
+                 now {}: lower --train or pass --train-file)",
+                args.input.display(),
+                run.summary.train_events,
+                run.summary.events,
+                args.train
+            );
+        }
         if args.json {
             println!("{}", serde_json::to_string(&run.summary)?);
         }
