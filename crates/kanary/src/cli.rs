@@ -258,7 +258,7 @@ pub struct EvalArgs {
     #[arg(long, help = models_help("Models to evaluate, comma-separated [default: codev; with --model-file: its model]"))]
     pub model: Option<ModelList>,
     /// Fit each service's model on its first N events (they are not scored).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = positive)]
     pub train: usize,
     /// Fit on this JSONL file (`.jsonl` or `.jsonl.gz`) instead; every event of --input is
     /// then scored. Streaming models learn from its events without judging them.
@@ -296,6 +296,15 @@ pub struct ModelsArgs {
     pub json: bool,
 }
 
+/// A count that must be at least 1 (`--train 0` would score before anything was learnt).
+fn positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A model-list help line that names the registered models.
 fn models_help(lead: &str) -> String {
     format!(
@@ -313,7 +322,7 @@ pub struct TrainArgs {
     #[arg(long, default_value = "if", help = models_help("Model to fit (a streaming model learns the file instead)"))]
     pub model: ModelKind,
     /// Fit each service on at most its first N events (default: all of them).
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub train: Option<usize>,
     /// Model file to write (atomically).
     #[arg(long)]
@@ -382,7 +391,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Events per service to fit on before scoring.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = positive)]
     pub train: usize,
     /// Stop after this many seconds (default: until Ctrl-C).
     #[arg(long)]
@@ -429,7 +438,7 @@ pub struct DetectArgs {
     #[arg(long, env = "KANARY_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Events per service to fit on before scoring [default: 1000].
-    #[arg(long, env = "KANARY_TRAIN")]
+    #[arg(long, env = "KANARY_TRAIN", value_parser = positive)]
     pub train: Option<usize>,
     /// Streaming models: seconds between saves of their states to the state directory; each
     /// save carries the Kafka offsets it reflects, and offsets are committed only with a save,

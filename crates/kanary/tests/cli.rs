@@ -504,6 +504,11 @@ fn models_lists_the_registry_and_parameters_are_checked() {
         err.contains("scored no event") && err.contains("--train"),
         "{err}"
     );
+    let err = run_err(&["eval", "--input", input, "--train", "0"]);
+    assert!(
+        err.contains("--train") && err.contains("at least 1"),
+        "{err}"
+    );
     let err = run_err(&["eval", "--input", input, "--param", "trees=3"]);
     assert!(err.contains("MODEL.KEY=VALUE"), "{err}");
     // A parameter changes the model: fewer trees, different scores.

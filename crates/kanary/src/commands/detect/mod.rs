@@ -113,7 +113,10 @@ impl Settings {
                 .clone()
                 .or(file.state_dir.clone())
                 .unwrap_or_else(|| PathBuf::from("kanary-state")),
-            train: a.train.or(file.train).unwrap_or(1000),
+            train: match a.train.or(file.train).unwrap_or(1000) {
+                0 => bail!("train must be at least 1 event per service (config file: train = 0)"),
+                n => n,
+            },
             batch_size,
             kafka_opts,
             model_params: file.model_params()?,
