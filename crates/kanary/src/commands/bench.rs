@@ -156,6 +156,54 @@ fn synthetic(n: usize, d: usize) -> Vec<f64> {
     rows
 }
 
+/// A streaming model's timed runs: sorted events/s of each, flagged events of the last, and the
+/// seconds its warm-up took.
+struct Timed {
+    rates: Vec<f64>,
+    flagged: usize,
+    warm_seconds: f64,
+}
+
+/// Warms a fresh `cfg` model up on `warm`, then times `runs` passes of scoring and learning
+/// `test`, each from a copy of the warmed-up state; rows at 5-minute steps.
+fn time_streaming(
+    cfg: &DetectorConfig,
+    d: usize,
+    warm: &[f64],
+    test: &[f64],
+    runs: usize,
+) -> Result<Timed> {
+    let ts = |i: usize| 1.6e9 + 300.0 * i as f64;
+    let t = Instant::now();
+    let mut model = cfg
+        .new_streaming(d)
+        .ok_or_else(|| anyhow::anyhow!("{} cannot start", cfg.kind))?;
+    let n_warm = warm.len() / d;
+    for (i, r) in warm.chunks_exact(d).enumerate() {
+        model.learn(ts(i), r);
+    }
+    let warm_seconds = t.elapsed().as_secs_f64();
+    let events = test.len() / d;
+    let mut rates = Vec::with_capacity(runs);
+    let mut flagged = 0usize;
+    for _ in 0..runs {
+        let mut m = model.clone_box();
+        flagged = 0;
+        let t = Instant::now();
+        for (i, r) in test.chunks_exact(d).enumerate() {
+            flagged += usize::from(m.step(ts(n_warm + i), r).flagged);
+        }
+        rates.push(events as f64 / t.elapsed().as_secs_f64());
+        std::hint::black_box(&m);
+    }
+    rates.sort_by(f64::total_cmp);
+    Ok(Timed {
+        rates,
+        flagged,
+        warm_seconds,
+    })
+}
+
 fn run_streaming(args: &BenchArgs) -> Result<()> {
     let d = args.features;
     if d == 0 {
@@ -163,51 +211,16 @@ fn run_streaming(args: &BenchArgs) -> Result<()> {
     }
     let cfg = args.opts.engine_config(args.model, args.train)?.detector;
     let rows = synthetic(args.train + args.events, d);
-    let ts = |i: usize| 1.6e9 + 300.0 * i as f64;
     let (warm, test) = rows.split_at(args.train * d);
-    let t = Instant::now();
-    let mut model = cfg
-        .new_streaming(d)
-        .ok_or_else(|| anyhow::anyhow!("{} cannot start", args.model))?;
-    for (i, r) in warm.chunks_exact(d).enumerate() {
-        model.learn(ts(i), r);
-    }
-    let fit_seconds = t.elapsed().as_secs_f64();
-    let mut rates = Vec::with_capacity(args.runs);
-    let mut flagged = 0usize;
-    for _ in 0..args.runs {
-        // Each run continues from a copy of the warmed-up state.
-        let mut m = model.clone_box();
-        flagged = 0;
-        let t = Instant::now();
-        for (i, r) in test.chunks_exact(d).enumerate() {
-            flagged += usize::from(m.step(ts(args.train + i), r).flagged);
-        }
-        rates.push(args.events as f64 / t.elapsed().as_secs_f64());
-        std::hint::black_box(&m);
-    }
-    rates.sort_by(f64::total_cmp);
+    let timed = time_streaming(&cfg, d, warm, test, args.runs)?;
+    let rates = &timed.rates;
     let median = rates[rates.len() / 2];
     // Baseline: the record-ratio novelty model, the first streaming model, over the same rows
     // in the same command.
     let novelty = DetectorConfig::new(ModelKind::named("novelty")?);
-    let mut base = novelty
-        .new_streaming(d)
-        .ok_or_else(|| anyhow::anyhow!("novelty cannot start"))?;
-    for (i, r) in warm.chunks_exact(d).enumerate() {
-        base.learn(ts(i), r);
-    }
-    let mut base_rates = Vec::with_capacity(args.runs);
-    for _ in 0..args.runs {
-        let mut m = base.clone_box();
-        let t = Instant::now();
-        for (i, r) in test.chunks_exact(d).enumerate() {
-            std::hint::black_box(m.step(ts(args.train + i), r));
-        }
-        base_rates.push(args.events as f64 / t.elapsed().as_secs_f64());
-    }
-    base_rates.sort_by(f64::total_cmp);
-    let baseline = base_rates[base_rates.len() / 2];
+    let base = time_streaming(&novelty, d, warm, test, args.runs)?;
+    let baseline = base.rates[base.rates.len() / 2];
+    let (fit_seconds, flagged) = (timed.warm_seconds, timed.flagged);
     let result = BenchResult {
         model: args.model.name().to_string(),
         events: args.events,

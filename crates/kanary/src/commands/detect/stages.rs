@@ -132,13 +132,14 @@ pub(super) fn score_loop(
                 Ok(b) => b,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     if unsaved > 0 {
-                        let idle = Pending {
-                            deliveries: Vec::new(),
-                            offsets: next.iter().map(|(&p, &o)| (p, o)).collect(),
-                            snapshot: Some(snapshot(&pipeline, &next, &s.topic)),
-                            events: std::mem::take(&mut unsaved),
-                            polled: false,
-                        };
+                        let idle = with_snapshot(
+                            Vec::new(),
+                            false,
+                            std::mem::take(&mut unsaved),
+                            &pipeline,
+                            &next,
+                            &s.topic,
+                        );
                         last_snapshot = Instant::now();
                         if tx.blocking_send(idle).is_err() {
                             bail!("commit stage stopped");
@@ -234,25 +235,31 @@ pub(super) fn score_loop(
             let n = next.entry(m.partition).or_insert(0);
             *n = (*n).max(m.offset + 1);
         }
-        let mut pending = Pending {
-            deliveries,
-            offsets,
-            snapshot: None,
-            events: batch.meta.len(),
-            polled: true,
-        };
-        if streaming {
+        let pending = if !streaming {
+            Pending {
+                deliveries,
+                offsets,
+                snapshot: None,
+                events: batch.meta.len(),
+                polled: true,
+            }
+        } else {
             unsaved += batch.meta.len();
             if last_snapshot.elapsed() >= s.snapshot_every {
-                pending.offsets = next.iter().map(|(&p, &o)| (p, o)).collect();
-                pending.snapshot = Some(snapshot(&pipeline, &next, &s.topic));
-                pending.events = std::mem::take(&mut unsaved);
                 last_snapshot = Instant::now();
+                let events = std::mem::take(&mut unsaved);
+                with_snapshot(deliveries, true, events, &pipeline, &next, &s.topic)
             } else {
-                pending.offsets.clear();
-                pending.events = 0;
+                // Between snapshots nothing is stored.
+                Pending {
+                    deliveries,
+                    offsets: Vec::new(),
+                    snapshot: None,
+                    events: 0,
+                    polled: true,
+                }
             }
-        }
+        };
         stats.busy += busy.elapsed();
         let blocked = Instant::now();
         if tx.blocking_send(pending).is_err() {
@@ -268,13 +275,7 @@ pub(super) fn score_loop(
     }
     if streaming && unsaved > 0 && !shared.fatal.load(Ordering::Acquire) {
         // Shutdown: one last snapshot, after every batch before it.
-        let last = Pending {
-            deliveries: Vec::new(),
-            offsets: next.iter().map(|(&p, &o)| (p, o)).collect(),
-            snapshot: Some(snapshot(&pipeline, &next, &s.topic)),
-            events: unsaved,
-            polled: false,
-        };
+        let last = with_snapshot(Vec::new(), false, unsaved, &pipeline, &next, &s.topic);
         if tx.blocking_send(last).is_err() {
             bail!("commit stage stopped before the final snapshot");
         }
@@ -282,13 +283,27 @@ pub(super) fn score_loop(
     Ok(())
 }
 
-/// The streaming models' states with the offsets they reflect.
-fn snapshot(pipeline: &Pipeline, next: &BTreeMap<i32, i64>, topic: &str) -> Vec<ModelFile> {
+/// A commit-stage entry that saves the streaming models' states and then stores every offset
+/// they reflect (`next`: the next offset per partition).
+fn with_snapshot(
+    deliveries: Vec<DeliveryFuture>,
+    polled: bool,
+    events: usize,
+    pipeline: &Pipeline,
+    next: &BTreeMap<i32, i64>,
+    topic: &str,
+) -> Pending {
     let offsets: Vec<(String, i32, i64)> = next
         .iter()
         .map(|(&p, &o)| (topic.to_string(), p, o))
         .collect();
-    pipeline.snapshots(modelio::now(), &offsets)
+    Pending {
+        deliveries,
+        offsets: next.iter().map(|(&p, &o)| (p, o)).collect(),
+        snapshot: Some(pipeline.snapshots(modelio::now(), &offsets)),
+        events,
+        polled,
+    }
 }
 
 /// Where the scoring thread's time goes, logged at debug level every 10 s.
