@@ -448,6 +448,19 @@ pub struct DetectArgs {
     /// Largest batch taken from the consumer at once [default: 2000].
     #[arg(long, env = "KANARY_BATCH_SIZE")]
     pub batch_size: Option<usize>,
+    /// Seconds to wait at start for a Kafka broker to answer; after that, exit non-zero with
+    /// the last error librdkafka reported. HTTP (/healthz, /readyz) answers meanwhile
+    /// [default: 60].
+    #[arg(long, env = "KANARY_STARTUP_TIMEOUT", value_name = "SECONDS")]
+    pub startup_timeout: Option<f64>,
+    /// HTTP server: seconds a connection may take to send a request head, and may stay idle
+    /// between requests, before it is closed [default: 10].
+    #[arg(long, env = "KANARY_HTTP_TIMEOUT", value_name = "SECONDS")]
+    pub http_timeout: Option<f64>,
+    /// HTTP server: connections served at once; more wait in the listen backlog
+    /// [default: 256].
+    #[arg(long, env = "KANARY_HTTP_MAX_CONNECTIONS", value_name = "N", value_parser = positive)]
+    pub http_max_connections: Option<usize>,
     /// librdkafka property `key=value`, passed through (repeatable), e.g.
     /// security.protocol=SASL_SSL. One value may hold several, comma-separated
     /// (`a=1,b=2`, handy in the environment variable); a comma not followed by `key=` belongs

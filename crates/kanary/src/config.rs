@@ -13,6 +13,9 @@
 //! dlq_topic = "service-metrics-dlq"
 //! state_dir = "/var/lib/kanary"
 //! train = 1000
+//! startup_timeout = 60       # seconds to wait for a broker at start
+//! http_timeout = 10          # seconds for a request head / idle keep-alive
+//! http_max_connections = 256
 //!
 //! [models.if]        # model parameters (`kanary models` lists them)
 //! trees = 200
@@ -45,6 +48,9 @@ pub struct FileConfig {
     pub train: Option<usize>,
     pub batch_size: Option<usize>,
     pub snapshot_every: Option<f64>,
+    pub startup_timeout: Option<f64>,
+    pub http_timeout: Option<f64>,
+    pub http_max_connections: Option<usize>,
     /// librdkafka properties.
     #[serde(default)]
     pub kafka: BTreeMap<String, toml::Value>,

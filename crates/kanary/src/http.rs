@@ -3,8 +3,9 @@
 //! (`/`, `/app.js`, `/style.css`, embedded in the binary).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::Router;
@@ -20,22 +21,48 @@ const INDEX_HTML: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
 const STYLE_CSS: &str = include_str!("../assets/style.css");
 
-/// What `/readyz` reports: ready once partitions are assigned and every model exists.
+/// What `/readyz` and `/healthz` report. Ready: a Kafka broker answers, partitions are
+/// assigned and every model exists. Healthy: no stage has failed.
 #[derive(Debug, Default)]
 pub struct Readiness {
+    pub brokers_up: AtomicBool,
     pub partitions_assigned: AtomicBool,
     pub models_ready: AtomicBool,
+    /// Set once when a stage fails for good; the process is then on its way out.
+    pub failed: OnceLock<String>,
 }
 
 impl Readiness {
     /// Why the service is not ready, if it is not.
     pub fn not_ready(&self) -> Option<&'static str> {
-        if !self.partitions_assigned.load(Ordering::Acquire) {
+        if self.failed.get().is_some() {
+            Some("a stage failed; stopping")
+        } else if !self.brokers_up.load(Ordering::Acquire) {
+            Some("no Kafka broker reachable")
+        } else if !self.partitions_assigned.load(Ordering::Acquire) {
             Some("no partitions assigned")
         } else if !self.models_ready.load(Ordering::Acquire) {
             Some("models not fitted yet (warming up)")
         } else {
             None
+        }
+    }
+}
+
+/// Limits of the HTTP server: a connection that has not sent a complete request head within
+/// `timeout` (a half-sent request, or a keep-alive connection left idle) is closed, and at
+/// most `max_connections` are served at once (more wait in the listen backlog).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(10),
+            max_connections: 256,
         }
     }
 }
@@ -59,24 +86,54 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Binds `addr` and serves until `shutdown` resolves. Returns the bound address (useful with
-/// port 0) and the server task.
+/// Binds `addr` and serves until `shutdown` resolves (then stops accepting; open connections
+/// end with the process). Returns the bound address (useful with port 0) and the accept task.
 pub async fn serve(
     addr: SocketAddr,
     state: AppState,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let bound = listener.local_addr()?;
-    let app = router(state);
+    let service = TowerToHyperService::new(router(state));
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.timeout)
+        .keep_alive(true);
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!("HTTP server failed: {e}");
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            // A connection slot first, then a connection: over the limit, clients wait in the
+            // listen backlog instead of costing memory and file descriptors.
+            let permit = tokio::select! {
+                _ = &mut shutdown => return,
+                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            };
+            let stream = tokio::select! {
+                _ = &mut shutdown => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!("HTTP accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let conn = http.serve_connection(TokioIo::new(stream), service.clone());
+            tokio::spawn(async move {
+                // Errors here are the client's (reset, timed out): nothing to log.
+                let _ = conn.await;
+                drop(permit);
+            });
         }
     });
     Ok((bound, task))
@@ -123,8 +180,15 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+async fn healthz(State(s): State<AppState>) -> Response {
+    match s.readiness.failed.get() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {

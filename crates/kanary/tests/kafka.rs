@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -720,4 +720,111 @@ fn a_restarted_streaming_detector_resumes_its_saved_state() {
         assert_eq!((&g.0, &g.1), (&w.0, &w.1));
         assert!((g.2 - w.2).abs() < 1e-12, "{g:?} vs {w:?}");
     }
+}
+
+/// Microservices events keyed by service, produced to a new topic with `partitions`.
+fn stream_topic(prefix: &str, events: usize, seed: u64, partitions: i32) -> String {
+    let topic = unique(prefix);
+    create_topic(&topic, partitions);
+    let lines = kanary(&[
+        "simulate",
+        "--scenario",
+        "microservices",
+        "--count",
+        &events.to_string(),
+        "--seed",
+        &seed.to_string(),
+    ]);
+    let records: Vec<(String, Vec<u8>)> = lines
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["service"].as_str().unwrap().to_string(),
+                l.as_bytes().to_vec(),
+            )
+        })
+        .collect();
+    produce(&topic, &records);
+    topic
+}
+
+#[test]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+fn a_failing_state_directory_ends_the_process_non_zero_within_5_s() {
+    let dir = out_dir("failing-state");
+    let topic = stream_topic("failing-state", 20_000, 21, 2);
+    let group = unique("failing-state");
+    let state = dir.join("state");
+    let mut d = Service::detect(
+        "codev",
+        &topic,
+        &group,
+        &state,
+        dir.join("detect.log"),
+        &["--snapshot-every", "1"],
+    );
+    wait_for(Duration::from_secs(60), "every event processed", || {
+        (d.sample("detector_events_total", &[])? >= 20_000.0).then_some(())
+    });
+    wait_for(Duration::from_secs(10), "a first snapshot", || {
+        state.join("codev.kanary").exists().then_some(())
+    });
+    // The volume goes bad: the state directory is replaced by a file.
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::write(&state, b"not a directory").unwrap();
+    // More events, so there is something to save.
+    let more: Vec<(String, Vec<u8>)> = (0..500)
+        .map(|i| {
+            (
+                "svc-late".to_string(),
+                format!(r#"{{"service":"svc-late","ts":{i},"cpu":{}}}"#, i % 7).into_bytes(),
+            )
+        })
+        .collect();
+    produce(&topic, &more);
+    let broke = Instant::now();
+    let status = loop {
+        if let Ok(Some(st)) = d.child.try_wait() {
+            break st;
+        }
+        assert!(
+            broke.elapsed() < Duration::from_secs(5),
+            "still running 5 s after the state directory broke:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let log = d.log_text();
+    assert!(log.contains("cannot save"), "{log}");
+}
+
+#[test]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+fn consumer_lag_counts_from_the_position_and_is_zero_once_everything_is_taken() {
+    let dir = out_dir("lag");
+    let topic = stream_topic("lag", 40_000, 22, 2);
+    let group = unique("lag");
+    let d = Service::detect(
+        "zscore",
+        &topic,
+        &group,
+        &dir.join("state"),
+        dir.join("detect.log"),
+        &["--train", "100"],
+    );
+    wait_for(Duration::from_secs(60), "every event processed", || {
+        (d.sample("detector_events_total", &[])? >= 40_000.0).then_some(())
+    });
+    // Committed offsets trail by up to a second (auto-commit) and statistics by more; the
+    // position does not: within 2 s every partition's lag reads 0.
+    wait_for(Duration::from_secs(2), "lag 0 on both partitions", || {
+        let m = d.metrics()?;
+        let series = m
+            .lines()
+            .filter(|l| l.starts_with("detector_consumer_lag{"))
+            .count();
+        (series == 2 && sum_samples(&m, "detector_consumer_lag", &[]) == 0.0).then_some(())
+    });
 }

@@ -39,6 +39,8 @@ async fn demo(args: DemoArgs) -> Result<()> {
     let metrics = Metrics::new(&names);
     let live = Arc::new(Live::new("kanary demo", &names));
     let readiness = Arc::new(Readiness::default());
+    // No Kafka here: the simulator feeds the pipeline directly.
+    readiness.brokers_up.store(true, Ordering::Release);
     readiness.partitions_assigned.store(true, Ordering::Release);
     let configs = kinds
         .iter()
@@ -57,6 +59,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
             live: live.clone(),
             readiness: readiness.clone(),
         },
+        crate::http::Limits::default(),
         async move { wait.wait().await },
     )
     .await?;

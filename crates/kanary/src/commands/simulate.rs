@@ -112,7 +112,14 @@ async fn produce(
         .flat_map(|o| kafka::split_opts(o))
         .collect();
     let mut cfg = kafka::client_config(brokers, &opts)?;
-    if kafka::ensure_topic(&cfg, &args.topic, args.partitions).await? {
+    if kafka::ensure_topic(
+        &cfg,
+        rdkafka::client::DefaultClientContext,
+        &args.topic,
+        args.partitions,
+    )
+    .await?
+    {
         tracing::info!(topic = %args.topic, partitions = args.partitions, "created topic");
     }
     for (k, v) in [

@@ -1,18 +1,20 @@
-//! The consumer's callbacks (drain before giving partitions up, readiness, lag from
-//! statistics) and the state the stages share with them.
+//! The consumer's callbacks (drain before giving partitions up, readiness, errors and broker
+//! states into [`KafkaHealth`]), the consumer lag, and the state the stages share.
 
+use std::ffi::CString;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientContext;
-use rdkafka::TopicPartitionList;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::commands::Shutdown;
 use crate::http::Readiness;
+use crate::kafka::{self, KafkaHealth};
 use crate::telemetry::{Metrics, ModelPartition};
 
 /// State shared by the stages and the consumer's callbacks.
@@ -23,6 +25,7 @@ pub(super) struct Shared {
     /// A delivery failed for good: store no further offsets, exit non-zero.
     pub(super) fatal: AtomicBool,
     pub(super) readiness: Arc<Readiness>,
+    pub(super) health: Arc<KafkaHealth>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) models: Vec<&'static str>,
     pub(super) topic: String,
@@ -32,54 +35,90 @@ impl Shared {
     pub(super) fn stop(&self) {
         self.shutdown.trigger();
     }
+
+    /// A stage failed for good: `/healthz` turns 503, no further offsets are stored, and
+    /// everything stops (the process exits non-zero; a restart reprocesses from the last
+    /// committed offsets). The first failure is the one reported.
+    pub(super) fn fail(&self, why: String) {
+        if self.readiness.failed.set(why.clone()).is_ok() {
+            tracing::error!("{why}");
+        }
+        self.fatal.store(true, Ordering::Release);
+        self.stop();
+    }
 }
 
-/// Consumer callbacks: drain before giving partitions up, readiness, lag from statistics.
+/// Consumer callbacks: drain before giving partitions up, readiness, broker health.
 pub(super) struct Ctx(pub(super) Arc<Shared>);
 
 impl ClientContext for Ctx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        kafka::log_librdkafka(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.health.on_error(&error, reason);
+    }
+
     fn stats(&self, stats: Statistics) {
-        let Some(topic) = stats.topics.get(&self.0.topic) else {
+        self.0.health.on_stats(&stats);
+    }
+}
+
+impl Shared {
+    /// `detector_consumer_lag` of the assigned partitions: the partition's high watermark
+    /// (as of the last fetch) minus the consumer's position, i.e. events received by Kafka
+    /// and not yet taken by this consumer. Called by the poll stage about once a second.
+    pub(super) fn update_lag(&self, consumer: &KanaryConsumer, shown: &mut Vec<i32>) {
+        let Ok(position) = consumer.position() else {
             return;
         };
-        for (p, part) in &topic.partitions {
-            if *p < 0 {
-                continue; // librdkafka's internal "unassigned" partition
-            }
-            // Lag of assigned partitions; before the first fetch of a partition librdkafka
-            // reports -1, so count from the start of the log (0 for an empty partition).
-            let lag = if !part.desired {
-                None
-            } else if part.consumer_lag >= 0 {
-                Some(part.consumer_lag)
-            } else if part.hi_offset >= 0 {
-                let from = part
-                    .lo_offset
-                    .max(part.committed_offset)
-                    .max(part.app_offset);
-                Some((part.hi_offset - from).max(0))
-            } else {
-                None
+        let Ok(topic) = CString::new(self.topic.as_str()) else {
+            return;
+        };
+        let mut now: Vec<i32> = Vec::new();
+        for e in position.elements_for_topic(&self.topic) {
+            let Offset::Offset(pos) = e.offset() else {
+                continue; // nothing fetched from this partition yet
             };
-            for model in &self.0.models {
-                let labels = ModelPartition {
-                    model: model.to_string(),
-                    topic: self.0.topic.clone(),
-                    partition: p.to_string(),
-                };
-                match lag {
-                    Some(l) => {
-                        self.0
-                            .metrics
-                            .consumer_lag
-                            .get_or_create_owned(&labels)
-                            .set(l);
-                    }
-                    None => {
-                        self.0.metrics.consumer_lag.remove(&labels);
-                    }
-                }
+            let (mut lo, mut hi) = (-1i64, -1i64);
+            // SAFETY: a live client handle, a NUL-terminated topic name and two out-pointers
+            // to locals; librdkafka only reads its cached watermarks (no network I/O).
+            let err = unsafe {
+                rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                    consumer.client().native_ptr(),
+                    topic.as_ptr(),
+                    e.partition(),
+                    &mut lo,
+                    &mut hi,
+                )
+            };
+            if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || hi < 0 {
+                continue;
             }
+            now.push(e.partition());
+            for model in &self.models {
+                self.metrics
+                    .consumer_lag
+                    .get_or_create_owned(&self.lag_labels(model, e.partition()))
+                    .set((hi - pos).max(0));
+            }
+        }
+        for gone in shown.iter().filter(|p| !now.contains(p)) {
+            for model in &self.models {
+                self.metrics
+                    .consumer_lag
+                    .remove(&self.lag_labels(model, *gone));
+            }
+        }
+        *shown = now;
+    }
+
+    fn lag_labels(&self, model: &str, partition: i32) -> ModelPartition {
+        ModelPartition {
+            model: model.to_string(),
+            topic: self.topic.clone(),
+            partition: partition.to_string(),
         }
     }
 }

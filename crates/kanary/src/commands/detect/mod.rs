@@ -21,21 +21,21 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use kanary_core::registry::ParamMap;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::FutureProducer;
 use tokio::sync::mpsc;
 
 use self::consumer::{Ctx, KanaryConsumer, Shared};
-use self::stages::{Batch, Pending, commit_loop, poll_loop, score_loop};
+use self::stages::{Batch, Pending, Producer, commit_loop, poll_loop, score_loop};
 use crate::cli::{DetectArgs, ModelList, ModelOpts};
 use crate::commands::Shutdown;
 use crate::config::FileConfig;
-use crate::http::{AppState, Readiness};
+use crate::http::{AppState, Limits, Readiness};
+use crate::kafka::{KafkaCtx, KafkaHealth};
 use crate::live::Live;
 use crate::pipeline::Pipeline;
 use crate::telemetry::Metrics;
@@ -61,6 +61,9 @@ pub struct Settings {
     pub train: usize,
     pub batch_size: usize,
     pub kafka_opts: Vec<String>,
+    /// How long to wait at start for a broker to answer before exiting non-zero.
+    pub startup_timeout: Duration,
+    pub http: Limits,
 }
 
 impl Settings {
@@ -93,7 +96,29 @@ impl Settings {
         if batch_size == 0 {
             bail!("--batch-size must be > 0");
         }
+        let seconds = |name: &str, v: Option<f64>, default: f64| -> Result<Duration> {
+            let v = v.unwrap_or(default);
+            if !(v > 0.0 && v.is_finite()) {
+                bail!("--{name} must be a positive number of seconds");
+            }
+            Ok(Duration::from_secs_f64(v))
+        };
+        let startup_timeout = seconds(
+            "startup-timeout",
+            a.startup_timeout.or(file.startup_timeout),
+            60.0,
+        )?;
+        let http = Limits {
+            timeout: seconds("http-timeout", a.http_timeout.or(file.http_timeout), 10.0)?,
+            max_connections: match a.http_max_connections.or(file.http_max_connections) {
+                Some(0) => bail!("http_max_connections must be at least 1"),
+                Some(n) => n,
+                None => Limits::default().max_connections,
+            },
+        };
         Ok(Settings {
+            startup_timeout,
+            http,
             brokers,
             topic: pick(&a.topic, &file.topic, "service-metrics"),
             group: a
@@ -135,7 +160,10 @@ fn pick(flag: &Option<String>, file: &Option<String>, default: &str) -> String {
 pub fn run(args: DetectArgs) -> Result<()> {
     let settings = Settings::resolve(&args)?;
     let rt = commands::runtime()?;
-    rt.block_on(serve(settings, args.opts))
+    let result = rt.block_on(serve(settings, args.opts));
+    // A Kafka client stuck closing (see `bounded`) must not hold the process.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn serve(s: Settings, opts: ModelOpts) -> Result<()> {
@@ -148,11 +176,47 @@ async fn serve(s: Settings, opts: ModelOpts) -> Result<()> {
         shutdown: Shutdown::new(),
         fatal: AtomicBool::new(false),
         readiness: readiness.clone(),
+        health: Arc::new(KafkaHealth::new(readiness.clone())),
         metrics: metrics.clone(),
         models: models.clone(),
         topic: s.topic.clone(),
     });
 
+    // HTTP before anything else, so probes get an answer (and a taken port an error) at once.
+    // It outlives the drain (metrics stay up): its own shutdown, at the end.
+    let http_stop = Shutdown::new();
+    let stop_wait = http_stop.clone();
+    let (addr, http_task) = crate::http::serve(
+        s.metrics_addr,
+        AppState {
+            metrics: metrics.clone(),
+            live: live.clone(),
+            readiness: readiness.clone(),
+        },
+        s.http,
+        async move { stop_wait.wait().await },
+    )
+    .await?;
+    tracing::info!(%addr, "HTTP listening: /metrics /healthz /readyz and the live page");
+    shared
+        .shutdown
+        .on_signal("shutting down: finishing in-flight work");
+
+    let result = run_service(&s, opts, &shared, &live).await;
+    http_stop.trigger();
+    let _ = http_task.await;
+    result
+}
+
+async fn run_service(
+    s: &Settings,
+    opts: ModelOpts,
+    shared: &Arc<Shared>,
+    live: &Arc<Live>,
+) -> Result<()> {
+    let models = &shared.models;
+    let metrics = &shared.metrics;
+    let readiness = &shared.readiness;
     // Models: a model file, or those saved by an earlier run, or fit on the stream.
     let configs = s
         .models
@@ -182,42 +246,51 @@ async fn serve(s: Settings, opts: ModelOpts) -> Result<()> {
     let mut floor: BTreeMap<i32, i64> = BTreeMap::new();
     for kind in pipeline.kinds() {
         let path = state_file(&s.state_dir, kind.name());
-        if s.model_file.is_none() && path.exists() {
-            let file = modelio::load(&path, Some(kind))?;
-            let n = pipeline.load(&file).unwrap_or(0);
-            if kind.is_streaming() {
-                let offsets: Vec<String> = file
-                    .offsets
-                    .iter()
-                    .filter(|(t, _, _)| *t == s.topic)
-                    .map(|(_, p, o)| format!("{p}:{o}"))
-                    .collect();
-                for (t, p, o) in &file.offsets {
-                    if *t == s.topic {
-                        let f = floor.entry(*p).or_insert(*o);
-                        *f = (*f).min(*o);
-                    }
-                }
-                tracing::info!(
-                    path = %path.display(), services = n, offsets = %offsets.join(","),
-                    "resumed {kind} streaming state"
+        if s.model_file.is_some() || !path.exists() {
+            continue;
+        }
+        let file = match modelio::load(&path, Some(kind)) {
+            Ok(f) => f,
+            Err(e) => {
+                // An unreadable state must not keep the service down: keep it for a look,
+                // and start as if it were not there (offsets come from the consumer group).
+                let aside = quarantine(&path)?;
+                tracing::error!(
+                    path = %path.display(), moved_to = %aside.display(),
+                    "state file unreadable ({e:#}); moved aside, starting without it"
                 );
-            } else {
-                tracing::info!(path = %path.display(), services = n, "resumed {kind} models");
+                continue;
             }
+        };
+        let n = pipeline.load(&file).unwrap_or(0);
+        if kind.is_streaming() {
+            let offsets: Vec<String> = file
+                .offsets
+                .iter()
+                .filter(|(t, _, _)| *t == s.topic)
+                .map(|(_, p, o)| format!("{p}:{o}"))
+                .collect();
+            for (t, p, o) in &file.offsets {
+                if *t == s.topic {
+                    let f = floor.entry(*p).or_insert(*o);
+                    *f = (*f).min(*o);
+                }
+            }
+            tracing::info!(
+                path = %path.display(), services = n, offsets = %offsets.join(","),
+                "resumed {kind} streaming state"
+            );
+        } else {
+            tracing::info!(path = %path.display(), services = n, "resumed {kind} models");
         }
     }
     readiness
         .models_ready
         .store(pipeline.has_models(), Ordering::Release);
 
-    // Kafka clients.
+    // Kafka clients. Creating them does no network I/O; the first broker contact is
+    // `wait_for_brokers`, bounded by --startup-timeout.
     let base = kafka::client_config(&s.brokers, &s.kafka_opts)?;
-    for t in [&s.anomalies_topic, &s.dlq_topic] {
-        if let Err(e) = kafka::ensure_topic(&base, t, 1).await {
-            tracing::warn!("{e:#} (producing will create it if the broker allows)");
-        }
-    }
     let mut pcfg = base.clone();
     for (k, v) in [
         ("enable.idempotence", "true"),
@@ -229,7 +302,9 @@ async fn serve(s: Settings, opts: ModelOpts) -> Result<()> {
             pcfg.set(k, v);
         }
     }
-    let producer: FutureProducer = pcfg.create().context("cannot create Kafka producer")?;
+    let producer: Producer = pcfg
+        .create_with_context(KafkaCtx(shared.health.clone()))
+        .context("cannot create Kafka producer")?;
     let mut ccfg = base.clone();
     ccfg.set("group.id", &s.group);
     ccfg.set("enable.auto.offset.store", "false");
@@ -238,7 +313,8 @@ async fn serve(s: Settings, opts: ModelOpts) -> Result<()> {
         ("auto.commit.interval.ms", "1000"),
         ("auto.offset.reset", "earliest"),
         ("session.timeout.ms", "10000"),
-        ("statistics.interval.ms", "5000"),
+        // Broker states for /readyz.
+        ("statistics.interval.ms", "1000"),
         ("fetch.wait.max.ms", "50"),
         // librdkafka stops fetching while its local queue holds queued.min.messages and then
         // waits fetch.queue.backoff.ms (1 s by default) before looking again: at a few
@@ -253,26 +329,21 @@ async fn serve(s: Settings, opts: ModelOpts) -> Result<()> {
         ccfg.create_with_context(Ctx(shared.clone()))
             .context("cannot create Kafka consumer")?,
     );
+    if !wait_for_brokers(&consumer, s, shared).await? {
+        tracing::info!("stopped before a Kafka broker answered");
+        return Ok(());
+    }
+    for t in [&s.anomalies_topic, &s.dlq_topic] {
+        let ctx = KafkaCtx(shared.health.clone());
+        if let Err(e) = kafka::ensure_topic(&base, ctx, t, 1).await {
+            tracing::warn!("{e:#} (producing will create it if the broker allows)");
+        }
+    }
     consumer
         .subscribe(&[&s.topic])
         .with_context(|| format!("cannot subscribe to {}", s.topic))?;
-
-    // HTTP.
-    // The HTTP server outlives the drain (metrics stay up): its own shutdown, at the end.
-    let http_stop = Shutdown::new();
-    let stop_wait = http_stop.clone();
-    let (addr, http_task) = crate::http::serve(
-        s.metrics_addr,
-        AppState {
-            metrics: metrics.clone(),
-            live: live.clone(),
-            readiness: readiness.clone(),
-        },
-        async move { stop_wait.wait().await },
-    )
-    .await?;
     tracing::info!(
-        %addr, brokers = %s.brokers, topic = %s.topic, group = %s.group,
+        brokers = %s.brokers, topic = %s.topic, group = %s.group,
         models = %models.join(","), "kanary detect started"
     );
 
@@ -287,10 +358,6 @@ async fn serve(s: Settings, opts: ModelOpts) -> Result<()> {
         }
     });
 
-    shared
-        .shutdown
-        .on_signal("shutting down: finishing in-flight work");
-
     // Stages.
     let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel::<Batch>(4);
     let (pending_tx, pending_rx) = mpsc::channel::<Pending>(8);
@@ -300,7 +367,13 @@ async fn serve(s: Settings, opts: ModelOpts) -> Result<()> {
         let batch_size = s.batch_size;
         std::thread::Builder::new()
             .name("kanary-poll".into())
-            .spawn(move || poll_loop(&consumer, &shared, batch_size, batch_tx))?
+            .spawn(move || {
+                let r = poll_loop(&consumer, &shared, batch_size, batch_tx);
+                if let Err(e) = &r {
+                    shared.fail(format!("poll stage: {e:#}"));
+                }
+                r
+            })?
     };
     let score_thread = {
         let shared = shared.clone();
@@ -309,50 +382,162 @@ async fn serve(s: Settings, opts: ModelOpts) -> Result<()> {
         std::thread::Builder::new()
             .name("kanary-score".into())
             .spawn(move || {
-                score_loop(
-                    pipeline, floor, batch_rx, pending_tx, &producer, &shared, &s,
-                )
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    score_loop(
+                        pipeline, floor, batch_rx, pending_tx, &producer, &shared, &s,
+                    )
+                }))
+                .unwrap_or_else(|p| Err(anyhow::anyhow!("panicked: {}", panic_text(&p))));
+                if let Err(e) = &r {
+                    shared.fail(format!("scoring stage: {e:#}"));
+                }
             })?
     };
-    let committed = commit_loop(
+    let outcome = commit_loop(
         pending_rx,
         &consumer,
         &producer,
-        &shared,
+        shared,
         &s.topic,
         &s.state_dir,
     )
     .await;
 
     // Shutdown: the poll thread stopped, the scorer drained, the committer finished.
-    let polled = poll_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("poll thread panicked"))?;
-    let scored = score_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("scoring thread panicked"))?;
-    if let Err(e) = scored {
-        tracing::error!("scoring stopped: {e:#}");
-        shared.fatal.store(true, Ordering::Release);
-    }
-    if !shared.fatal.load(Ordering::Acquire) {
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => tracing::warn!("final commit failed: {e}"),
-        }
-    }
-    consumer.unsubscribe();
-    drop(consumer);
-    let _ = rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10));
+    let _ = poll_thread.join();
+    let _ = score_thread.join();
     ticker.abort();
-    http_stop.trigger();
-    let _ = http_task.await;
-    tracing::info!(events = committed, "kanary detect stopped");
-    polled?;
-    if shared.fatal.load(Ordering::Acquire) {
-        bail!("stopped after an unrecoverable error; uncommitted events will be reprocessed");
+    let clean = !shared.fatal.load(Ordering::Acquire) && outcome.abandoned == 0;
+    let deadline = Instant::now() + SHUTDOWN_GRACE / 2;
+    let consumer_closed = {
+        let shared = shared.clone();
+        bounded(deadline, move || {
+            if clean && shared.health.is_up() {
+                match consumer.commit_consumer_state(CommitMode::Sync) {
+                    Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                    Err(e) => tracing::warn!("final commit failed: {e}"),
+                }
+            }
+            consumer.unsubscribe();
+            drop(consumer);
+        })
+    };
+    let flushed = bounded(deadline, move || {
+        let _ = rdkafka::producer::Producer::flush(&producer, Duration::from_secs(5));
+    });
+    if !consumer_closed.await || !flushed.await {
+        tracing::warn!("Kafka clients did not close in time (broker unreachable?); leaving anyway");
+    }
+    tracing::info!(events = outcome.committed, "kanary detect stopped");
+    if let Some(why) = readiness.failed.get() {
+        bail!(
+            "stopped after an unrecoverable error ({why}); uncommitted events will be reprocessed"
+        );
+    }
+    if outcome.abandoned > 0 {
+        bail!(
+            "stopped before the outputs of {} events were delivered (broker unreachable?); \
+             they will be reprocessed",
+            outcome.abandoned
+        );
     }
     Ok(())
+}
+
+/// After a stop is asked for, how long in-flight outputs may take to be delivered before the
+/// service gives up on them (they are reprocessed after a restart: their offsets are not
+/// committed), and the Kafka clients get to close.
+pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(6);
+
+/// Waits until a broker answers a metadata request. `Ok(false)` if a shutdown came first; an
+/// error naming the last Kafka error once `--startup-timeout` has passed.
+async fn wait_for_brokers(
+    consumer: &Arc<KanaryConsumer>,
+    s: &Settings,
+    shared: &Shared,
+) -> Result<bool> {
+    let start = Instant::now();
+    let mut told = false;
+    loop {
+        let c = consumer.clone();
+        let topic = s.topic.clone();
+        let answered = tokio::task::spawn_blocking(move || {
+            c.fetch_metadata(Some(&topic), Duration::from_secs(1))
+        })
+        .await?;
+        match answered {
+            Ok(_) => {
+                shared.health.set_up(true);
+                if told {
+                    tracing::info!(brokers = %s.brokers, "a Kafka broker answered");
+                }
+                return Ok(true);
+            }
+            Err(e) => {
+                let why = shared.health.last_error().unwrap_or_else(|| e.to_string());
+                if start.elapsed() >= s.startup_timeout {
+                    bail!(
+                        "no Kafka broker answered at {} within {:.0} s (--startup-timeout): {why}",
+                        s.brokers,
+                        s.startup_timeout.as_secs_f64()
+                    );
+                }
+                if !told {
+                    tracing::warn!(
+                        brokers = %s.brokers,
+                        "waiting for a Kafka broker (giving up after {:.0} s): {why}",
+                        s.startup_timeout.as_secs_f64()
+                    );
+                    told = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shared.shutdown.wait() => return Ok(false),
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+/// Runs `f` on its own thread; true if it finished before `deadline`. A Kafka client that
+/// cannot reach its broker may block in close: the process then leaves without it.
+async fn bounded(deadline: Instant, f: impl FnOnce() + Send + 'static) -> bool {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("kanary-close".into())
+        .spawn(move || {
+            f();
+            let _ = tx.send(());
+        });
+    if spawned.is_err() {
+        return false;
+    }
+    tokio::time::timeout_at(deadline.into(), rx).await.is_ok()
+}
+
+/// Moves an unreadable state file aside (`<name>.corrupt-<unix seconds>`); returns where.
+fn quarantine(path: &Path) -> Result<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".corrupt-{secs}"));
+    let aside = path.with_file_name(name);
+    std::fs::rename(path, &aside).with_context(|| {
+        format!(
+            "state file {} is unreadable and cannot be moved aside",
+            path.display()
+        )
+    })?;
+    Ok(aside)
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 pub(crate) fn state_file(dir: &Path, model: &str) -> PathBuf {

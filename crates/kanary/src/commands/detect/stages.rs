@@ -10,15 +10,19 @@ use anyhow::{Context, Result, bail};
 use kanary_core::persist::ModelFile;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
 use rdkafka::producer::future_producer::DeliveryFuture;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::consumer::{KanaryConsumer, Shared};
-use super::{Settings, state_file};
+use super::{SHUTDOWN_GRACE, Settings, state_file};
+use crate::kafka::KafkaCtx;
 use crate::modelio;
 use crate::pipeline::{BatchOutput, Message, Pipeline};
+
+/// The producer of anomaly records and dead letters.
+pub(super) type Producer = rdkafka::producer::FutureProducer<KafkaCtx>;
 
 /// Messages of one poll batch, as owned bytes.
 #[derive(Default)]
@@ -59,7 +63,13 @@ pub(super) fn poll_loop(
     tx: std::sync::mpsc::SyncSender<Batch>,
 ) -> Result<()> {
     let mut batch = Batch::default();
+    let mut lag_at = Instant::now();
+    let mut lag_shown = Vec::new();
     while !shared.shutdown.is_triggered() {
+        if lag_at.elapsed() >= Duration::from_secs(1) {
+            shared.update_lag(consumer, &mut lag_shown);
+            lag_at = Instant::now();
+        }
         let timeout = if batch.meta.is_empty() {
             Duration::from_millis(100)
         } else {
@@ -86,7 +96,7 @@ pub(super) fn poll_loop(
                 true
             }
             Some(Err(e)) => {
-                tracing::warn!("consumer error: {e}");
+                shared.health.on_error(&e, "");
                 false
             }
             None => false,
@@ -112,7 +122,7 @@ pub(super) fn score_loop(
     floor: BTreeMap<i32, i64>,
     rx: std::sync::mpsc::Receiver<Batch>,
     tx: mpsc::Sender<Pending>,
-    producer: &FutureProducer,
+    producer: &Producer,
     shared: &Shared,
     s: &Settings,
 ) -> Result<()> {
@@ -348,7 +358,7 @@ impl StageStats {
 }
 
 /// Queues one record, waiting while the producer's queue is full.
-fn send<K, P>(producer: &FutureProducer, mut rec: FutureRecord<'_, K, P>) -> DeliveryFuture
+fn send<K, P>(producer: &Producer, mut rec: FutureRecord<'_, K, P>) -> DeliveryFuture
 where
     K: rdkafka::message::ToBytes + ?Sized,
     P: rdkafka::message::ToBytes + ?Sized,
@@ -365,29 +375,66 @@ where
     }
 }
 
-/// Stage 3: wait for each batch's deliveries, then store its offsets. Returns the number of
-/// events whose offsets were stored.
+/// What the commit stage did.
+pub(super) struct Outcome {
+    /// Events whose offsets were stored.
+    pub committed: usize,
+    /// Events whose outputs were still undelivered when the shutdown grace ran out: their
+    /// offsets were not stored.
+    pub abandoned: usize,
+}
+
+/// Stage 3: wait for each batch's deliveries, then store its offsets. Once a stop is asked
+/// for, deliveries get [`SHUTDOWN_GRACE`]; what is still undelivered then is abandoned (its
+/// offsets are not stored, so a restart reprocesses it).
 pub(super) async fn commit_loop(
     mut rx: mpsc::Receiver<Pending>,
     consumer: &KanaryConsumer,
-    producer: &FutureProducer,
+    producer: &Producer,
     shared: &Shared,
     topic: &str,
     state_dir: &Path,
-) -> usize {
-    let mut committed = 0;
+) -> Outcome {
+    let mut out = Outcome {
+        committed: 0,
+        abandoned: 0,
+    };
+    let grace = async {
+        shared.shutdown.wait().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let mut grace = std::pin::pin!(grace);
+    let mut expired = false;
     while let Some(p) = rx.recv().await {
         let mut ok = true;
         for d in p.deliveries {
-            if !deliver(d, producer).await {
-                ok = false;
+            let delivered = tokio::select! {
+                ok = deliver(d, producer), if !expired => ok,
+                _ = &mut grace, if !expired => {
+                    expired = true;
+                    tracing::warn!(
+                        "outputs still undelivered {} s after the stop; giving up on them \
+                         (their events are reprocessed after a restart)",
+                        SHUTDOWN_GRACE.as_secs()
+                    );
+                    false
+                }
+                else => false,
+            };
+            ok &= delivered;
+        }
+        if expired {
+            // Nothing more is stored or saved: every later offset is reprocessed.
+            out.abandoned += p.events;
+            if p.polled {
+                shared.inflight.fetch_sub(1, Ordering::AcqRel);
             }
+            continue;
         }
         if !ok {
             // Never store offsets past an event whose output is lost: stop, and let a restart
             // reprocess from the last stored offset.
-            shared.fatal.store(true, Ordering::Release);
-            shared.stop();
+            shared.fail("an output could not be delivered to Kafka".into());
         }
         if let Some(files) = p.snapshot.filter(|_| !shared.fatal.load(Ordering::Acquire)) {
             // Save the states before their offsets are stored: a restart then finds a state
@@ -404,16 +451,8 @@ pub(super) async fn commit_loop(
             .await;
             match saved {
                 Ok(Ok(n)) => tracing::debug!(services = n, "saved streaming states"),
-                Ok(Err(e)) => {
-                    tracing::error!("{e:#}");
-                    shared.fatal.store(true, Ordering::Release);
-                    shared.stop();
-                }
-                Err(e) => {
-                    tracing::error!("saving streaming states failed: {e}");
-                    shared.fatal.store(true, Ordering::Release);
-                    shared.stop();
-                }
+                Ok(Err(e)) => shared.fail(format!("commit stage: {e:#}")),
+                Err(e) => shared.fail(format!("commit stage: saving streaming states: {e}")),
             }
         }
         if !shared.fatal.load(Ordering::Acquire) && !p.offsets.is_empty() {
@@ -424,7 +463,7 @@ pub(super) async fn commit_loop(
                 }
             }
             match consumer.store_offsets(&tpl) {
-                Ok(()) => committed += p.events,
+                Ok(()) => out.committed += p.events,
                 // The partition was revoked meanwhile: its new owner reprocesses (at least once).
                 Err(e) => tracing::debug!("cannot store offsets: {e}"),
             }
@@ -433,11 +472,11 @@ pub(super) async fn commit_loop(
             shared.inflight.fetch_sub(1, Ordering::AcqRel);
         }
     }
-    committed
+    out
 }
 
 /// Awaits one delivery, re-sending a failed record a few times. Returns false when it is lost.
-async fn deliver(d: DeliveryFuture, producer: &FutureProducer) -> bool {
+async fn deliver(d: DeliveryFuture, producer: &Producer) -> bool {
     let (mut err, mut msg) = match d.await {
         Ok(Ok(_)) => return true,
         Ok(Err((e, m))) => (e, m),
