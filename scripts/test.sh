@@ -9,7 +9,8 @@
 # Stages: system packages -> fmt + clippy -> unit, property and CLI tests -> Kafka end-to-end
 # tests (+ Prometheus, promtool, dashboard queries) -> deployment files -> live page and eval
 # report in headless Chromium -> Isolation Forest parity with scikit-learn -> NAB score ->
-# every model on the shipped cut of the real services set.
+# every model on the shipped cut of the real services set -> TLS + SCRAM broker. The compose
+# stack test (after the deployment files) builds local Docker images and starts dockerd if needed.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,6 +37,12 @@ command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v node >/dev/null || missing+=(nodejs npm)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 dpkg -s zlib1g-dev >/dev/null 2>&1 || missing+=(zlib1g-dev)
+# The TLS + SCRAM test (kanary --features ssl, certificates) and the compose stack test.
+command -v openssl >/dev/null || missing+=(openssl)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+command -v dockerd >/dev/null || missing+=(docker.io)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   SUDO=""
@@ -83,6 +90,8 @@ KANARY_TEST_BROKERS="127.0.0.1:$KAFKA_PORT" \
 # --- 5. Deployment files -----------------------------------------------------------------------
 step "deployment files (compose, Kubernetes, Prometheus rules, Grafana)"
 "$ROOT/scripts/validate-deploy.sh"
+step "compose stack for real: local images, compose up, events to Prometheus, alert rules (scripts/compose_test.sh)"
+"$ROOT/scripts/compose_test.sh"
 
 # --- 6. Live page in a real headless Chromium ------------------------------------------------
 step "live page in headless Chromium (kanary demo)"
@@ -122,5 +131,11 @@ step "Numenta Anomaly Benchmark ($NAB_DATA)"
 step "every model, judged as an operator would (scripts/eval_real.sh on data/services)"
 "$ROOT/scripts/eval_real.sh" --kanary "$KANARY" --out "$OUT/eval-real" >"$OUT/eval-real.log"
 grep -q '| d2 | `codev` |' "$OUT/eval-real/table.md" || die "eval_real.sh wrote no table"
+
+# --- 10. TLS + SASL/SCRAM ---------------------------------------------------------------------
+# Last: it builds kanary with --features ssl into the same target/ (target/release/kanary is then
+# the TLS build), and runs its own broker with a SASL_SSL listener.
+step "TLS + SASL/SCRAM broker: kanary --features ssl connects, wrong password and untrusted CA fail clearly (scripts/tls_test.sh)"
+"$ROOT/scripts/tls_test.sh"
 
 step "all tests passed"

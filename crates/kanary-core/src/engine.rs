@@ -120,6 +120,19 @@ struct Service {
     inputs: Vec<String>,
     window: Option<WindowState>,
     phase: Phase,
+    /// The engine's event count when this service last had an event (least recently seen
+    /// services are evicted first).
+    seen: u64,
+}
+
+/// A service taken out of the engine by [`Engine::evict`]: what can be saved of it.
+#[derive(Debug, Clone)]
+pub enum Evicted {
+    Fitted(FittedDetector),
+    Stream(StreamSnapshot),
+    /// Still collecting training rows (or filling windows): nothing worth keeping; the
+    /// service warms up again if it comes back.
+    Warming,
 }
 
 /// A service's training rows while a training file is read: its inputs, windows and rows.
@@ -130,6 +143,8 @@ type TrainingSet = (Vec<String>, Option<WindowState>, Vec<f64>);
 pub struct Engine {
     cfg: EngineConfig,
     services: HashMap<String, Service>,
+    /// Events seen (the clock of `Service::seen`).
+    clock: u64,
     /// Scratch: per-service pending rows in the current batch.
     pending: HashMap<String, Pending>,
 }
@@ -145,6 +160,7 @@ impl Engine {
         Engine {
             cfg,
             services: HashMap::new(),
+            clock: 0,
             pending: HashMap::new(),
         }
     }
@@ -165,6 +181,7 @@ impl Engine {
                 inputs: model.inputs.clone(),
                 window,
                 phase: Phase::Ready(Arc::new(model)),
+                seen: self.clock,
             },
         );
     }
@@ -217,6 +234,7 @@ impl Engine {
                     model: snap.state.into_inner(),
                     names: snap.features.into(),
                 },
+                seen: self.clock,
             },
         );
         Ok(())
@@ -249,6 +267,64 @@ impl Engine {
     /// Services seen, fitted or not.
     pub fn service_count(&self) -> usize {
         self.services.len()
+    }
+
+    /// Whether `service` is held in the engine.
+    pub fn contains(&self, service: &str) -> bool {
+        self.services.contains_key(service)
+    }
+
+    /// Removes the `n` least recently seen services and returns what can be saved of each.
+    pub fn evict(&mut self, n: usize) -> Vec<(String, Evicted)> {
+        if n == 0 || self.services.is_empty() {
+            return Vec::new();
+        }
+        let mut by_age: Vec<(u64, &String)> =
+            self.services.iter().map(|(k, s)| (s.seen, k)).collect();
+        let n = n.min(by_age.len());
+        if n < by_age.len() {
+            by_age.select_nth_unstable(n - 1);
+        }
+        let names: Vec<String> = by_age[..n].iter().map(|(_, k)| (*k).clone()).collect();
+        let mut out = Vec::with_capacity(n);
+        for name in names {
+            let svc = self.services.remove(&name).expect("listed above");
+            self.pending.remove(&name);
+            let saved = match svc.phase {
+                Phase::Ready(m) => Evicted::Fitted(Arc::unwrap_or_clone(m)),
+                Phase::Streaming { model, names } => Evicted::Stream(StreamSnapshot {
+                    inputs: svc.inputs,
+                    features: names.to_vec(),
+                    window: self.cfg.window.clone(),
+                    state: StreamState::new(self.cfg.detector.kind, model),
+                }),
+                Phase::Warming { .. } => Evicted::Warming,
+            };
+            out.push((name, saved));
+        }
+        out
+    }
+
+    /// Mean bytes a service's state takes, estimated from its encoded size over up to `n`
+    /// services (the map's iteration order: an arbitrary sample). `None` without services.
+    pub fn sample_service_bytes(&self, n: usize) -> Option<f64> {
+        // Map entry, names and allocator slack beside the state; a state in memory takes a
+        // few times its encoded size (growable buffers, matrices, alignment).
+        const OVERHEAD: usize = 1024;
+        const IN_MEMORY: usize = 3;
+        let mut total = 0usize;
+        let mut k = 0usize;
+        for (name, svc) in self.services.iter().take(n.max(1)) {
+            let state = match &svc.phase {
+                Phase::Warming { rows } => rows.capacity() * 8,
+                Phase::Ready(m) => postcard::to_stdvec(&**m).map(|b| b.len()).unwrap_or(0),
+                Phase::Streaming { model, .. } => model.save().len(),
+            };
+            let window = svc.window.as_ref().map_or(0, |w| w.bytes());
+            total += OVERHEAD + name.len() * 2 + IN_MEMORY * state + window;
+            k += 1;
+        }
+        (k > 0).then(|| total as f64 / k as f64)
     }
 
     fn inputs_for(&self, ev: &Event) -> Vec<String> {
@@ -345,13 +421,17 @@ impl Engine {
                     inputs,
                     window,
                     phase,
+                    seen: 0,
                 },
             );
         }
-        Ok(self
+        self.clock += 1;
+        let svc = self
             .services
             .get_mut(ev.service.as_str())
-            .expect("inserted above"))
+            .expect("inserted above");
+        svc.seen = self.clock;
+        Ok(svc)
     }
 
     /// Streaming models: learns from every valid event in order, per service.
@@ -584,6 +664,49 @@ mod tests {
         assert!(matches!(outs[99], Outcome::Training { fitted: true, .. }));
         assert!(outs[100..].iter().all(|o| matches!(o, Outcome::Scored(_))));
         assert!(e.model("default").is_some());
+    }
+
+    #[test]
+    fn eviction_takes_the_least_recently_seen_and_a_restored_stream_continues_exactly() {
+        let evs: Vec<Event> = Simulator::new(Scenario::Microservices, 4, DEFAULT_START_TS)
+            .take(3000)
+            .collect();
+        let kind = ModelKind::named("codev").unwrap();
+        let mut whole = engine(kind, 100);
+        let mut parted = engine(kind, 100);
+        let (a, b) = evs.split_at(2000);
+        for ev in a {
+            whole.process(ev, 0.0);
+            parted.process(ev, 0.0);
+        }
+        let n = parted.service_count();
+        assert!(n >= 3, "{n} services");
+        // The service seen last stays; the two seen longest ago go first.
+        let last = a.last().unwrap().service.clone();
+        let mut order: Vec<(usize, &str)> = Vec::new();
+        for (i, ev) in a.iter().enumerate() {
+            order.retain(|(_, s)| *s != ev.service);
+            order.push((i, ev.service.as_str()));
+        }
+        let evicted = parted.evict(2);
+        let names: Vec<&str> = evicted.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(names.len(), 2);
+        for (_, s) in &order[..2] {
+            assert!(names.contains(s), "{names:?} vs {order:?}");
+        }
+        assert!(parted.contains(&last));
+        assert_eq!(parted.service_count(), n - 2);
+        // Put back, the services score the rest exactly as if never evicted.
+        for (service, saved) in evicted {
+            let Evicted::Stream(snap) = saved else {
+                panic!("a streaming model is saved as its state");
+            };
+            parted.insert_stream(service, snap).unwrap();
+        }
+        for ev in b {
+            assert_eq!(whole.process(ev, 0.0), parted.process(ev, 0.0));
+        }
+        assert!(parted.sample_service_bytes(8).unwrap() > 1000.0);
     }
 
     #[test]

@@ -183,6 +183,11 @@ pub struct WindowState {
 }
 
 impl WindowState {
+    /// Heap bytes of the ring.
+    pub fn bytes(&self) -> usize {
+        self.ring.capacity() * 8
+    }
+
     pub fn new(spec: WindowSpec, dim: usize) -> Self {
         let cap = spec.history();
         WindowState {

@@ -297,6 +297,38 @@ pub struct ModelsArgs {
 }
 
 /// A count that must be at least 1 (`--train 0` would score before anything was learnt).
+/// A byte size: `268435456`, `256MiB`, `256M`, `2GiB`, `500MB` (KB/MB/GB are powers of 1000,
+/// KiB/MiB/GiB and K/M/G powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 256MiB)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        u => {
+            return Err(format!(
+                "unknown size unit `{u}` (use KiB, MiB, GiB, KB, MB or GB)"
+            ));
+        }
+    };
+    let bytes = n * mult;
+    if !(bytes >= 1.0 && bytes.is_finite()) {
+        return Err(format!("`{s}` must be a positive size"));
+    }
+    Ok(bytes as u64)
+}
+
 fn positive(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -448,6 +480,20 @@ pub struct DetectArgs {
     /// Largest batch taken from the consumer at once [default: 2000].
     #[arg(long, env = "KANARY_BATCH_SIZE")]
     pub batch_size: Option<usize>,
+    /// Services held in memory per model; beyond it the least recently seen are evicted:
+    /// their state is saved to the state directory and comes back with their next event
+    /// [default: no limit].
+    #[arg(long, env = "KANARY_MAX_SERVICES", value_name = "N", value_parser = positive)]
+    pub max_services: Option<usize>,
+    /// Memory for the whole process, e.g. 256MiB or 2GiB: services are evicted (as with
+    /// --max-services) so that their estimated state stays within 40% of it, leaving room
+    /// for snapshots, Kafka buffers and the rest [default: no limit].
+    #[arg(long, env = "KANARY_MEMORY_BUDGET", value_name = "BYTES", value_parser = parse_bytes)]
+    pub memory_budget: Option<u64>,
+    /// Services per model with their own `service` label on /metrics; the others are counted
+    /// under service="_other" [default: 200].
+    #[arg(long, env = "KANARY_MAX_SERVICE_SERIES", value_name = "N")]
+    pub max_service_series: Option<usize>,
     /// Seconds to wait at start for a Kafka broker to answer; after that, exit non-zero with
     /// the last error librdkafka reported. HTTP (/healthz, /readyz) answers meanwhile
     /// [default: 60].

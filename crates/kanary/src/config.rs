@@ -13,6 +13,9 @@
 //! dlq_topic = "service-metrics-dlq"
 //! state_dir = "/var/lib/kanary"
 //! train = 1000
+//! max_services = 5000        # per model; least recently seen services are evicted
+//! memory_budget = "512MiB"
+//! max_service_series = 200   # services with their own label on /metrics
 //! startup_timeout = 60       # seconds to wait for a broker at start
 //! http_timeout = 10          # seconds for a request head / idle keep-alive
 //! http_max_connections = 256
@@ -49,6 +52,10 @@ pub struct FileConfig {
     pub batch_size: Option<usize>,
     pub snapshot_every: Option<f64>,
     pub startup_timeout: Option<f64>,
+    pub max_services: Option<usize>,
+    /// A size such as "256MiB".
+    pub memory_budget: Option<String>,
+    pub max_service_series: Option<usize>,
     pub http_timeout: Option<f64>,
     pub http_max_connections: Option<usize>,
     /// librdkafka properties.

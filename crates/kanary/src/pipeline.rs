@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use kanary_core::detector::{FittedDetector, ModelKind};
-use kanary_core::engine::{Engine, EngineConfig, Outcome};
+use kanary_core::engine::{Engine, EngineConfig, Evicted, Outcome};
 use kanary_core::eval::Confusion;
 use kanary_core::event::Event;
 use kanary_core::persist::ModelFile;
@@ -18,7 +18,9 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::live::{AnomalyView, Live, ModelState, ScorePoint};
 use crate::records::{Shape, write_scored};
-use crate::telemetry::{Metrics, ModelHandles, ModelInfo, ModelReason, ModelService};
+use crate::telemetry::{
+    Metrics, ModelHandles, ModelInfo, ModelLabel, ModelReason, ModelService, OTHER_SERVICES,
+};
 
 /// One consumed message.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +56,8 @@ pub struct BatchOutput {
     pub dead_letters: Vec<DeadLetter>,
     /// Models (by index) that fitted a service's model during the batch.
     pub fitted: Vec<usize>,
+    /// The services whose models were fitted during the batch: (model index, service).
+    pub new_models: Vec<(usize, String)>,
 }
 
 impl BatchOutput {
@@ -61,6 +65,7 @@ impl BatchOutput {
         self.anomalies.clear();
         self.dead_letters.clear();
         self.fitted.clear();
+        self.new_models.clear();
     }
 }
 
@@ -69,8 +74,11 @@ struct Runner {
     engine: Engine,
     handles: ModelHandles,
     confusion: Confusion,
-    /// Per-service counter handles: events, anomalies.
+    /// Per-service counter handles (events, anomalies) of the services that have their own
+    /// series, at most `Pipeline::max_service_series`.
     services: HashMap<String, (Counter, Counter)>,
+    /// The handles of every other service (`service="_other"`).
+    other: (Counter, Counter),
     info: Option<ModelInfo>,
     outcomes: Vec<Outcome>,
 }
@@ -78,6 +86,10 @@ struct Runner {
 /// Per-model engines plus their telemetry.
 pub struct Pipeline {
     runners: Vec<Runner>,
+    /// Services per model with their own `service` label; the rest share `_other`.
+    max_service_series: usize,
+    /// Brings an evicted service's saved state back (`detect`); see [`Pipeline::set_restore`].
+    restore: Option<Restore>,
     metrics: Arc<Metrics>,
     live: Arc<Live>,
     events: Vec<Event>,
@@ -85,30 +97,151 @@ pub struct Pipeline {
     dead: Vec<bool>,
 }
 
+/// Looks up the saved state of a service that is not in memory: a model file holding it.
+pub type Restore = Box<dyn FnMut(ModelKind, &str) -> Option<ModelFile> + Send>;
+
+/// Default of `--max-service-series`.
+pub const MAX_SERVICE_SERIES: usize = 200;
+
 impl Pipeline {
     pub fn new(configs: Vec<EngineConfig>, metrics: Arc<Metrics>, live: Arc<Live>) -> Self {
         let runners = configs
             .into_iter()
             .map(|cfg| {
                 let kind = cfg.detector.kind;
+                let other = ModelService {
+                    model: kind.name().to_string(),
+                    service: OTHER_SERVICES.to_string(),
+                };
                 Runner {
                     kind,
                     handles: ModelHandles::new(&metrics, kind.name()),
                     engine: Engine::new(cfg),
                     confusion: Confusion::default(),
                     services: HashMap::new(),
+                    other: (
+                        metrics.events.get_or_create_owned(&other),
+                        metrics.anomalies.get_or_create_owned(&other),
+                    ),
                     info: None,
                     outcomes: Vec::new(),
                 }
             })
             .collect();
         Pipeline {
+            max_service_series: MAX_SERVICE_SERIES,
+            restore: None,
             runners,
             metrics,
             live,
             events: Vec::new(),
             index: Vec::new(),
             dead: Vec::new(),
+        }
+    }
+
+    /// Services per model with their own `service` label on `/metrics`.
+    pub fn set_max_service_series(&mut self, n: usize) {
+        self.max_service_series = n;
+    }
+
+    /// Before each batch, services not in memory are looked up with `restore`.
+    pub fn set_restore(&mut self, restore: Restore) {
+        self.restore = Some(restore);
+    }
+
+    /// Services in memory of the model holding the most.
+    pub fn max_services_per_model(&self) -> usize {
+        self.runners
+            .iter()
+            .map(|r| r.engine.service_count())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Services in memory, summed over models.
+    pub fn service_count(&self) -> usize {
+        self.runners.iter().map(|r| r.engine.service_count()).sum()
+    }
+
+    /// Estimated bytes of the services' states in memory (sampled, see
+    /// [`Engine::sample_service_bytes`]).
+    pub fn estimated_bytes(&self) -> f64 {
+        self.runners
+            .iter()
+            .map(|r| {
+                r.engine.sample_service_bytes(32).unwrap_or(0.0) * r.engine.service_count() as f64
+            })
+            .sum()
+    }
+
+    /// Evicts the least recently seen services of every model holding more than `keep`, down
+    /// to `keep`. Returns what can be saved of them.
+    pub fn evict_to(&mut self, keep: usize) -> Vec<(ModelKind, String, Evicted)> {
+        let mut out = Vec::new();
+        for r in &mut self.runners {
+            let n = r.engine.service_count().saturating_sub(keep);
+            if n == 0 {
+                continue;
+            }
+            let label = ModelLabel {
+                model: r.kind.name().to_string(),
+            };
+            for (service, saved) in r.engine.evict(n) {
+                if matches!(saved, Evicted::Warming) {
+                    self.metrics.warmups_dropped.get_or_create(&label).inc();
+                }
+                out.push((r.kind, service, saved));
+            }
+            self.metrics
+                .services_evicted
+                .get_or_create(&label)
+                .inc_by(n as u64);
+        }
+        self.update_service_gauges();
+        out
+    }
+
+    fn update_service_gauges(&self) {
+        for r in &self.runners {
+            self.metrics
+                .services
+                .get_or_create(&ModelLabel {
+                    model: r.kind.name().to_string(),
+                })
+                .set(r.engine.service_count() as i64);
+        }
+    }
+
+    /// Brings back the saved state of the batch's services that are not in memory.
+    fn restore_services(&mut self) {
+        let Some(restore) = &mut self.restore else {
+            return;
+        };
+        for r in &mut self.runners {
+            let mut restored = 0u64;
+            for ev in &self.events {
+                if r.engine.contains(&ev.service) {
+                    continue;
+                }
+                if let Some(file) = restore(r.kind, &ev.service) {
+                    match file.install(&mut r.engine) {
+                        Ok(_) => restored += 1,
+                        Err(e) => tracing::warn!(
+                            model = r.kind.name(), service = %ev.service,
+                            "saved state not restored: {e}"
+                        ),
+                    }
+                }
+            }
+            if restored > 0 {
+                self.metrics
+                    .services_restored
+                    .get_or_create(&ModelLabel {
+                        model: r.kind.name().to_string(),
+                    })
+                    .inc_by(restored);
+            }
         }
     }
 
@@ -121,27 +254,47 @@ impl Pipeline {
     pub fn load(&mut self, file: &ModelFile) -> Option<usize> {
         let i = self.runners.iter().position(|r| r.kind == file.kind)?;
         let n = file.install(&mut self.runners[i].engine).ok()?;
-        self.after_fit(i);
+        self.after_fit(i, None);
         Some(n)
     }
 
-    /// A model file holding model `i`'s fitted services.
-    pub fn model_file(&self, i: usize, now: f64) -> ModelFile {
+    /// A model file holding one service's fitted model, of model `i`.
+    pub fn service_file(&self, i: usize, service: &str, now: f64) -> Option<ModelFile> {
         let r = &self.runners[i];
-        let mut detectors: Vec<(String, FittedDetector)> = r
-            .engine
-            .models()
-            .map(|(s, m)| (s.to_string(), (**m).clone()))
-            .collect();
-        detectors.sort_by(|a, b| a.0.cmp(&b.0));
-        ModelFile {
+        let mut file = ModelFile {
             kanary_version: env!("CARGO_PKG_VERSION").to_string(),
             kind: r.kind,
             created_at: now,
             offsets: Vec::new(),
-            detectors,
-            streams: r.engine.streams(),
+            detectors: Vec::new(),
+            streams: Vec::new(),
+        };
+        let m = r.engine.model(service)?;
+        file.detectors.push((service.to_string(), (**m).clone()));
+        Some(file)
+    }
+
+    /// A model file holding one evicted service of `kind`.
+    pub fn evicted_file(
+        kind: ModelKind,
+        service: String,
+        saved: Evicted,
+        now: f64,
+    ) -> Option<ModelFile> {
+        let mut file = ModelFile {
+            kanary_version: env!("CARGO_PKG_VERSION").to_string(),
+            kind,
+            created_at: now,
+            offsets: Vec::new(),
+            detectors: Vec::new(),
+            streams: Vec::new(),
+        };
+        match saved {
+            Evicted::Fitted(m) => file.detectors.push((service, m)),
+            Evicted::Stream(st) => file.streams.push((service, st)),
+            Evicted::Warming => return None,
         }
+        Some(file)
     }
 
     /// Whether any model is a streaming one (its state is saved with the offsets it reflects).
@@ -171,6 +324,14 @@ impl Pipeline {
         self.runners.iter().all(|r| r.engine.ready())
     }
 
+    /// Like [`has_models`](Self::has_models), counting a model whose services are saved out
+    /// of memory (`saved(kind)`) as ready.
+    pub fn has_models_or(&self, saved: impl Fn(ModelKind) -> bool) -> bool {
+        self.runners
+            .iter()
+            .all(|r| r.engine.ready() || saved(r.kind))
+    }
+
     /// Metric handles per model (for the once-a-second ticker).
     pub fn handles(&self) -> Vec<ModelHandles> {
         self.runners
@@ -179,22 +340,40 @@ impl Pipeline {
             .collect()
     }
 
-    /// Threshold gauges, model info and live state after model `i` gained fitted services.
-    fn after_fit(&mut self, i: usize) {
+    /// Threshold gauges, model info and live state after model `i` gained fitted services:
+    /// `fitted` names them (`None`: look at every fitted service, as after loading a file).
+    fn after_fit(&mut self, i: usize, fitted: Option<&[(usize, String)]>) {
         let r = &mut self.runners[i];
         let model = r.kind.name();
         let mut latest = f64::NEG_INFINITY;
         let mut last_threshold = None;
-        for (service, m) in r.engine.models() {
-            self.metrics
-                .threshold
-                .get_or_create_owned(&ModelService {
-                    model: model.to_string(),
-                    service: service.to_string(),
-                })
-                .set(m.threshold);
+        let mut seen = |service: &str, m: &FittedDetector| {
+            // Per-service gauges only for services with their own series.
+            if r.services.contains_key(service) {
+                self.metrics
+                    .threshold
+                    .get_or_create_owned(&ModelService {
+                        model: model.to_string(),
+                        service: service.to_string(),
+                    })
+                    .set(m.threshold);
+            }
             latest = latest.max(m.trained_at);
             last_threshold = Some(m.threshold);
+        };
+        match fitted {
+            Some(list) => {
+                for (_, service) in list.iter().filter(|(ri, _)| *ri == i) {
+                    if let Some(m) = r.engine.model(service) {
+                        seen(service, m);
+                    }
+                }
+            }
+            None => {
+                for (service, m) in r.engine.models() {
+                    seen(service, m);
+                }
+            }
         }
         if latest.is_finite() {
             let info = ModelInfo {
@@ -244,13 +423,17 @@ impl Pipeline {
                 }
             }
         }
+        self.restore_services();
         for ri in 0..self.runners.len() {
             let fitted = self.run_model(ri, msgs, now, &parse_invalid, out);
             if fitted {
                 out.fitted.push(ri);
-                self.after_fit(ri);
+                let new_models = std::mem::take(&mut out.new_models);
+                self.after_fit(ri, Some(&new_models));
+                out.new_models = new_models;
             }
         }
+        self.update_service_gauges();
     }
 
     /// Runs model `ri` over the parsed events of the batch. Returns whether a service's model
@@ -264,6 +447,7 @@ impl Pipeline {
         out: &mut BatchOutput,
     ) -> bool {
         let metrics = &self.metrics;
+        let max_series = self.max_service_series;
         let r = &mut self.runners[ri];
         let model = r.kind.name();
         let mut invalid = parse_invalid.clone();
@@ -296,6 +480,7 @@ impl Pipeline {
             valid += 1;
             let svc = match r.services.get(ev.service.as_str()) {
                 Some(h) => h,
+                None if r.services.len() >= max_series => &r.other,
                 None => {
                     let l = ModelService {
                         model: model.to_string(),
@@ -314,6 +499,9 @@ impl Pipeline {
                 Outcome::Training { fitted: f, error } => {
                     training = true;
                     fitted |= *f;
+                    if *f {
+                        out.new_models.push((ri, ev.service.clone()));
+                    }
                     if let Some(e) = error {
                         tracing::warn!(model, service = %ev.service, "fitting failed: {e}");
                     }
@@ -388,6 +576,9 @@ impl Pipeline {
                 })
                 .inc_by(*n);
         }
+        // Per-service gauges only for services with their own series.
+        last_error.retain(|s, _| r.services.contains_key(*s));
+        last_threshold.retain(|s, _| r.services.contains_key(*s));
         for (service, e) in &last_error {
             metrics
                 .reconstruction_error

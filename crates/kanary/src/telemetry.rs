@@ -37,7 +37,15 @@ pub mod names {
     pub const F1: &str = "detector_f1";
     pub const CONSUMER_LAG: &str = "detector_consumer_lag";
     pub const MODEL_INFO: &str = "detector_model_info";
+    pub const SERVICES: &str = "detector_services";
+    pub const SERVICES_EVICTED: &str = "detector_services_evicted";
+    pub const SERVICES_RESTORED: &str = "detector_services_restored";
+    pub const WARMUPS_DROPPED: &str = "detector_service_warmups_dropped";
 }
+
+/// The `service` label value of services beyond `--max-service-series` (their events and
+/// anomalies are counted under it; per-service gauges are not kept for them).
+pub const OTHER_SERVICES: &str = "_other";
 
 /// Buckets of `detector_event_latency_seconds`: 1 ms to ~65 s.
 pub const LATENCY_BUCKETS: [f64; 17] = [
@@ -106,6 +114,10 @@ pub struct Metrics {
     pub f1: Family<ModelLabel, FGauge>,
     pub consumer_lag: Family<ModelPartition, Gauge>,
     pub model_info: Family<ModelInfo, Gauge>,
+    pub services: Family<ModelLabel, Gauge>,
+    pub services_evicted: Family<ModelLabel, Counter>,
+    pub services_restored: Family<ModelLabel, Counter>,
+    pub warmups_dropped: Family<ModelLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -141,6 +153,10 @@ impl Metrics {
             f1: Family::default(),
             consumer_lag: Family::default(),
             model_info: Family::default(),
+            services: Family::default(),
+            services_evicted: Family::default(),
+            services_restored: Family::default(),
+            warmups_dropped: Family::default(),
             registry: Registry::default(),
         };
         use names::*;
@@ -230,6 +246,29 @@ impl Metrics {
             "Fitted model: kanary version and when the latest service model was fitted (1)",
             m.model_info.clone(),
         );
+        registry.register(
+            SERVICES,
+            "Services whose state is held in memory",
+            m.services.clone(),
+        );
+        registry.register(
+            SERVICES_EVICTED,
+            "Services taken out of memory (least recently seen first) to keep within \
+             --max-services / --memory-budget; their state is saved and comes back with their \
+             next event",
+            m.services_evicted.clone(),
+        );
+        registry.register(
+            SERVICES_RESTORED,
+            "Evicted services brought back from their saved state",
+            m.services_restored.clone(),
+        );
+        registry.register(
+            WARMUPS_DROPPED,
+            "Evicted services that were still collecting training rows: the rows are dropped and \
+             the service warms up again if it comes back",
+            m.warmups_dropped.clone(),
+        );
         let m = Metrics { registry, ..m };
         for model in models {
             let l = ModelLabel {
@@ -246,6 +285,10 @@ impl Metrics {
             m.precision.get_or_create_owned(&l);
             m.recall.get_or_create_owned(&l);
             m.f1.get_or_create_owned(&l);
+            m.services.get_or_create_owned(&l);
+            m.services_evicted.get_or_create_owned(&l);
+            m.services_restored.get_or_create_owned(&l);
+            m.warmups_dropped.get_or_create_owned(&l);
             for reason in EventError::REASONS {
                 m.invalid.get_or_create_owned(&ModelReason {
                     model: model.to_string(),

@@ -15,6 +15,7 @@
 
 mod consumer;
 mod stages;
+mod store;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,7 +31,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::sync::mpsc;
 
 use self::consumer::{Ctx, KanaryConsumer, Shared};
-use self::stages::{Batch, Pending, Producer, commit_loop, poll_loop, score_loop};
+use self::stages::{Batch, Pending, Producer, Sinks, commit_loop, poll_loop, score_loop};
+use self::store::ServiceStore;
 use crate::cli::{DetectArgs, ModelList, ModelOpts};
 use crate::commands::Shutdown;
 use crate::config::FileConfig;
@@ -61,6 +63,11 @@ pub struct Settings {
     pub train: usize,
     pub batch_size: usize,
     pub kafka_opts: Vec<String>,
+    /// Services held in memory per model.
+    pub max_services: Option<usize>,
+    /// Memory for the whole process, in bytes.
+    pub memory_budget: Option<u64>,
+    pub max_service_series: usize,
     /// How long to wait at start for a broker to answer before exiting non-zero.
     pub startup_timeout: Duration,
     pub http: Limits,
@@ -116,7 +123,24 @@ impl Settings {
                 None => Limits::default().max_connections,
             },
         };
+        let memory_budget = match (&a.memory_budget, &file.memory_budget) {
+            (Some(b), _) => Some(*b),
+            (None, Some(s)) => Some(
+                crate::cli::parse_bytes(s)
+                    .map_err(|e| anyhow::anyhow!("config file: memory_budget: {e}"))?,
+            ),
+            (None, None) => None,
+        };
         Ok(Settings {
+            max_services: match a.max_services.or(file.max_services) {
+                Some(0) => bail!("max_services must be at least 1"),
+                n => n,
+            },
+            memory_budget,
+            max_service_series: a
+                .max_service_series
+                .or(file.max_service_series)
+                .unwrap_or(crate::pipeline::MAX_SERVICE_SERIES),
             startup_timeout,
             http,
             brokers,
@@ -284,9 +308,28 @@ async fn run_service(
             tracing::info!(path = %path.display(), services = n, "resumed {kind} models");
         }
     }
-    readiness
-        .models_ready
-        .store(pipeline.has_models(), Ordering::Release);
+    // Services kept out of memory (evicted, or fitted on the stream): one file each, loaded
+    // when the service's next event comes.
+    let kinds = pipeline.kinds();
+    let store = ServiceStore::open(&s.state_dir, &kinds)?;
+    for &kind in &kinds {
+        let n = store.count(kind);
+        if n > 0 {
+            tracing::info!(
+                dir = %store::services_dir(&s.state_dir, kind).display(), services = n,
+                "resumed {kind} models: saved per service, loaded with each service's next event"
+            );
+        }
+    }
+    {
+        let store = store.clone();
+        pipeline.set_restore(Box::new(move |kind, service| store.get(kind, service)));
+    }
+    pipeline.set_max_service_series(s.max_service_series);
+    readiness.models_ready.store(
+        pipeline.has_models_or(|k| store.count(k) > 0),
+        Ordering::Release,
+    );
 
     // Kafka clients. Creating them does no network I/O; the first broker contact is
     // `wait_for_brokers`, bounded by --startup-timeout.
@@ -306,6 +349,14 @@ async fn run_service(
         .create_with_context(KafkaCtx(shared.health.clone()))
         .context("cannot create Kafka producer")?;
     let mut ccfg = base.clone();
+    if let Some(budget) = s.memory_budget
+        && ccfg.get("queued.max.messages.kbytes").is_none()
+    {
+        // librdkafka prefetches up to 64 MiB per consumer by default: a sixteenth of the
+        // budget instead (between 1 and 64 MiB).
+        let kb = (budget / 16 / 1024).clamp(1024, 65536);
+        ccfg.set("queued.max.messages.kbytes", kb.to_string());
+    }
     ccfg.set("group.id", &s.group);
     ccfg.set("enable.auto.offset.store", "false");
     for (k, v) in [
@@ -377,6 +428,7 @@ async fn run_service(
     };
     let score_thread = {
         let shared = shared.clone();
+        let store = store.clone();
         let producer = producer.clone();
         let s = s.clone();
         std::thread::Builder::new()
@@ -384,7 +436,16 @@ async fn run_service(
             .spawn(move || {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     score_loop(
-                        pipeline, floor, batch_rx, pending_tx, &producer, &shared, &s,
+                        pipeline,
+                        floor,
+                        batch_rx,
+                        pending_tx,
+                        Sinks {
+                            producer: &producer,
+                            store: &store,
+                        },
+                        &shared,
+                        &s,
                     )
                 }))
                 .unwrap_or_else(|p| Err(anyhow::anyhow!("panicked: {}", panic_text(&p))));
@@ -400,6 +461,7 @@ async fn run_service(
         shared,
         &s.topic,
         &s.state_dir,
+        &store,
     )
     .await;
 
@@ -407,6 +469,11 @@ async fn run_service(
     let _ = poll_thread.join();
     let _ = score_thread.join();
     ticker.abort();
+    if !store.flush(SHUTDOWN_GRACE / 2) {
+        tracing::warn!(
+            "some evicted services' states were not saved in time: they start afresh next time"
+        );
+    }
     let clean = !shared.fatal.load(Ordering::Acquire) && outcome.abandoned == 0;
     let deadline = Instant::now() + SHUTDOWN_GRACE / 2;
     let consumer_closed = {

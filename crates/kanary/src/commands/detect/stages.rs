@@ -16,6 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::consumer::{KanaryConsumer, Shared};
+use super::store::ServiceStore;
 use super::{SHUTDOWN_GRACE, Settings, state_file};
 use crate::kafka::KafkaCtx;
 use crate::modelio;
@@ -112,6 +113,12 @@ pub(super) fn poll_loop(
     Ok(())
 }
 
+/// Where the scoring stage's outputs go: records to Kafka, service states to their files.
+pub(super) struct Sinks<'a> {
+    pub producer: &'a Producer,
+    pub store: &'a ServiceStore,
+}
+
 /// Stage 2: score batches and hand their outputs to the producer.
 ///
 /// With streaming models, offsets are stored only with a snapshot of their states (every
@@ -122,11 +129,13 @@ pub(super) fn score_loop(
     floor: BTreeMap<i32, i64>,
     rx: std::sync::mpsc::Receiver<Batch>,
     tx: mpsc::Sender<Pending>,
-    producer: &Producer,
+    sinks: Sinks<'_>,
     shared: &Shared,
     s: &Settings,
 ) -> Result<()> {
+    let Sinks { producer, store } = sinks;
     let mut out = BatchOutput::default();
+    let mut budget = Budget::new(s);
     let mut stats = StageStats::default();
     let streaming = pipeline.has_streaming();
     // Next offset per partition over every batch so far, and events since the last snapshot.
@@ -186,19 +195,27 @@ pub(super) fn score_loop(
         }
         let now = modelio::now();
         pipeline.process(&msgs, now, &mut out);
-        for &i in &out.fitted {
-            // Save before the offsets of the events that completed training are stored, so a
-            // restart resumes with the model instead of refitting.
-            let file = pipeline.model_file(i, now);
-            let path = state_file(&s.state_dir, file.kind.name());
-            modelio::save(&path, &file)
-                .with_context(|| format!("cannot save {}", path.display()))?;
-            tracing::info!(path = %path.display(), services = file.detectors.len(), "saved {} models", file.kind);
+        // New models are saved per service in the background (a restart, or an eviction
+        // and return, then resumes them instead of refitting).
+        for (i, service) in &out.new_models {
+            if let Some(file) = pipeline.service_file(*i, service, now) {
+                store.put(file.kind, service.clone(), file);
+            }
         }
-        shared
-            .readiness
-            .models_ready
-            .store(pipeline.has_models(), Ordering::Release);
+        if let Some(keep) = budget.over(&pipeline) {
+            for (kind, service, saved) in pipeline.evict_to(keep) {
+                if let Some(file) = Pipeline::evicted_file(kind, service.clone(), saved, now) {
+                    store.put(kind, service, file);
+                }
+            }
+        }
+        if let Some(e) = store.failure() {
+            bail!("{e}");
+        }
+        shared.readiness.models_ready.store(
+            pipeline.has_models_or(|k| store.count(k) > 0),
+            Ordering::Release,
+        );
         let mut deliveries = Vec::with_capacity(out.anomalies.len() + out.dead_letters.len());
         for a in &out.anomalies {
             let rec = FutureRecord::to(&s.anomalies_topic)
@@ -316,6 +333,76 @@ fn with_snapshot(
     }
 }
 
+/// `--max-services` and `--memory-budget`: how many services per model may stay in memory.
+struct Budget {
+    max_services: Option<usize>,
+    /// Bytes for the services' states, per model.
+    state_bytes: Option<f64>,
+    /// Mean bytes per service, re-estimated every few seconds.
+    per_service: f64,
+    /// How much the process' resident memory says the estimate falls short (>= 1).
+    correction: f64,
+    budget: Option<f64>,
+    measured: Option<Instant>,
+}
+
+impl Budget {
+    /// The share of `--memory-budget` the services' states may take; the rest is for the
+    /// snapshot copy, librdkafka's buffers, batches and the allocator.
+    const STATE_SHARE: f64 = 0.4;
+
+    fn new(s: &Settings) -> Self {
+        let models = s.models.0.len().max(1) as f64;
+        Budget {
+            max_services: s.max_services,
+            state_bytes: s
+                .memory_budget
+                .map(|b| b as f64 * Self::STATE_SHARE / models),
+            per_service: 0.0,
+            correction: 1.0,
+            budget: s.memory_budget.map(|b| b as f64),
+            measured: None,
+        }
+    }
+
+    /// `Some(keep)` when a model holds more services than allowed: evict down to `keep`
+    /// (a tenth below the limit, so evictions come in batches).
+    fn over(&mut self, p: &Pipeline) -> Option<usize> {
+        let mut limit = self.max_services.unwrap_or(usize::MAX);
+        if let Some(bytes) = self.state_bytes {
+            let n = p.service_count();
+            if n > 0
+                && self
+                    .measured
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(2))
+            {
+                // The estimate is from encoded sizes; the resident set is the truth. Above
+                // 80% of the budget, the estimate is scaled up by how far over it is.
+                if let (Some(rss), Some(budget)) = (resident_bytes(), self.budget)
+                    && rss > 0.8 * budget
+                {
+                    self.correction = (self.correction * rss / (0.8 * budget)).min(64.0);
+                }
+                self.per_service = p.estimated_bytes() / n as f64 * self.correction;
+                self.measured = Some(Instant::now());
+            }
+            if self.per_service > 0.0 {
+                limit = limit.min((bytes / self.per_service) as usize);
+            }
+        }
+        let limit = limit.max(1);
+        let largest = p.max_services_per_model();
+        (largest > limit).then(|| (limit - limit / 10).max(1))
+    }
+}
+
+/// The process' resident set size (Linux; `None` elsewhere).
+fn resident_bytes() -> Option<f64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096.0)
+}
+
 /// Where the scoring thread's time goes, logged at debug level every 10 s.
 struct StageStats {
     since: Instant,
@@ -394,6 +481,7 @@ pub(super) async fn commit_loop(
     shared: &Shared,
     topic: &str,
     state_dir: &Path,
+    store: &ServiceStore,
 ) -> Outcome {
     let mut out = Outcome {
         committed: 0,
@@ -440,7 +528,18 @@ pub(super) async fn commit_loop(
             // Save the states before their offsets are stored: a restart then finds a state
             // that reflects every event before the committed offsets.
             let dir = state_dir.to_path_buf();
+            let store = store.clone();
             let saved = tokio::task::spawn_blocking(move || -> Result<usize> {
+                // Services evicted before this snapshot are saved before its offsets are
+                // stored, like the states it holds.
+                if !store.flush(Duration::from_secs(60)) {
+                    bail!(
+                        "evicted services' states are not saved after 60 s: {}",
+                        store
+                            .failure()
+                            .unwrap_or_else(|| "the disk is too slow".into())
+                    );
+                }
                 for file in &files {
                     let path = state_file(&dir, file.kind.name());
                     modelio::save(&path, file)
