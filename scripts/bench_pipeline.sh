@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Throughput and latency of the whole online path on this machine (a benchmark, not a test):
 #
-#   scripts/bench_pipeline.sh [--events N] [--rate EPS] [--seconds S]
+#   scripts/bench_pipeline.sh [--events N] [--rate EPS] [--seconds S] [--model M[,M...]]
 #
 # 1. Throughput: N events (default 2,000,000; microservices scenario, 3 partitions) are produced
-#    first; then one `kanary detect --model if,ae` (both models on one consumer) consumes,
+#    first; then one `kanary detect` (the default model unless --model; several models share
+#    one consumer) consumes,
 #    scores, publishes anomalies, updates metrics and commits. events/s = N / time until the
 #    group's committed offsets reach the end of every partition. Baseline in the same run:
 #    Kafka's own consumer (org.apache.kafka.tools.ConsumerPerformance) reading the same topic;
@@ -12,7 +13,8 @@
 # 2. Latency: a producer at --rate events/s (default 20,000) for --seconds (default 30) while a
 #    fresh detector runs; p50/p99 event-to-detection latency from the detector's
 #    detector_event_latency_seconds histogram (linear interpolation within buckets, as
-#    Prometheus' histogram_quantile).
+#    Prometheus' histogram_quantile), over the whole run (cold start included) and over the
+#    events after its first 5 s.
 #
 # Starts a broker with scripts/kafka.sh if none answers on KAFKA_PORT (default 9092).
 # Writes target/bench/pipeline.json.
@@ -23,11 +25,13 @@ cd "$ROOT"
 EVENTS=2000000
 RATE=20000
 SECONDS_AT_RATE=30
+MODEL=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --events) EVENTS="$2"; shift 2 ;;
     --rate) RATE="$2"; shift 2 ;;
     --seconds) SECONDS_AT_RATE="$2"; shift 2 ;;
+    --model) MODEL="$2"; shift 2 ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
@@ -37,6 +41,14 @@ BROKERS="127.0.0.1:$KAFKA_PORT"
 OUT="$ROOT/target/bench"
 mkdir -p "$OUT"
 cargo build --release -q -p kanary
+model_args=()
+[ -n "$MODEL" ] && model_args=(--model "$MODEL")
+# Every model counts every event in detector_events_total.
+if [ -n "$MODEL" ]; then
+  MODELS=$(awk -F, '{print NF}' <<<"$MODEL")
+else
+  MODELS=1
+fi
 KANARY="$ROOT/target/release/kanary"
 started_kafka=0
 if ! "$ROOT/scripts/kafka.sh" status >/dev/null 2>&1; then
@@ -74,21 +86,21 @@ base_json=$("$ROOT/scripts/kafka.sh" run org.apache.kafka.tools.ConsumerPerforma
 # start.time, end.time, data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec, ...
 base_eps=$(echo "$base_json" | awk -F', ' '{print $6}')
 
-echo "== kanary detect --model if,ae"
+echo "== kanary detect ${model_args[*]:-(default model)}"
 port=$(free_port)
 group="$run_id-detect"
-"$KANARY" detect --model if,ae --brokers "$BROKERS" --topic "$topic" --group "$group" \
+"$KANARY" detect "${model_args[@]}" --brokers "$BROKERS" --topic "$topic" --group "$group" \
   --metrics-addr "127.0.0.1:$port" --state-dir "$OUT/state-$run_id" \
   --anomalies-topic "$run_id-anomalies" --dlq-topic "$run_id-dlq" >"$OUT/detect.log" 2>&1 &
 pids+=($!)
-# Timed from the first event counted to the last (both models count every event), so the
+# Timed from the first event counted to the last (every model counts every event), so the
 # process start and the consumer-group join are not part of it; fitting is.
 t0=""
 while :; do
   n=$(metric "$port" detector_events_total 2>/dev/null || echo 0)
   n=${n:-0}
   if [ -z "$t0" ] && [ "$n" -gt 0 ]; then t0=$(date +%s.%N); n0=$n; fi
-  if [ "$n" -ge $((2 * EVENTS)) ]; then t1=$(date +%s.%N); break; fi
+  if [ "$n" -ge $((MODELS * EVENTS)) ]; then t1=$(date +%s.%N); break; fi
   sleep 0.05
 done
 # Everything processed must also be committed.
@@ -98,13 +110,13 @@ for _ in $(seq 1 60); do
 done
 [ "$(lag_sum "$group" "$topic")" = 0 ] || { echo "offsets not committed to the end" >&2; exit 1; }
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
-eps=$(python3 -c "print(round(($EVENTS - $n0 / 2) / ($t1 - $t0)))")
-echo "   $eps events/s through Kafka -> detect (if + ae) -> metrics -> commit; Kafka's consumer alone: $base_eps"
+eps=$(python3 -c "print(round(($EVENTS - $n0 / $MODELS) / ($t1 - $t0)))")
+echo "   $eps events/s through Kafka -> detect ${model_args[*]:-(default model)} -> metrics -> commit; Kafka's consumer alone: $base_eps"
 
 echo "== latency at $RATE events/s for $SECONDS_AT_RATE s"
 topic2="$run_id-rate"
 port2=$(free_port)
-"$KANARY" detect --model if,ae --brokers "$BROKERS" --topic "$topic2" --group "$run_id-rate" \
+"$KANARY" detect "${model_args[@]}" --brokers "$BROKERS" --topic "$topic2" --group "$run_id-rate" \
   --metrics-addr "127.0.0.1:$port2" --state-dir "$OUT/state2-$run_id" --train 1000 \
   --anomalies-topic "$run_id-anomalies2" --dlq-topic "$run_id-dlq2" >"$OUT/detect-rate.log" 2>&1 &
 pids+=($!)
@@ -132,8 +144,8 @@ def buckets_of(t, model):
         le = labels['le'].strip('"')
         buckets[float('inf') if le == '+Inf' else float(le)] = float(m.group(2))
     return buckets
-def quantiles(model):
-    end, begin = buckets_of(text, model), buckets_of(start, model)
+def quantiles(model, begin_text):
+    end, begin = buckets_of(text, model), buckets_of(begin_text, model)
     buckets = sorted((le, c - begin.get(le, 0.0)) for le, c in end.items())
     total = buckets[-1][1]
     def q(p):
@@ -146,9 +158,12 @@ def quantiles(model):
             prev_le, prev_c = le, c
         return prev_le
     return {"events": total, "p50_ms": 1000 * q(0.5), "p99_ms": 1000 * q(0.99)}
-res = {"events": n, "events_per_sec": eps, "note": "latency over the events after the first 5 s", "kafka_consumer_events_per_sec": base,
-       "ratio_to_kafka_consumer": eps / base if base else None,
-       "latency_at_rate": rate, "if": quantiles("if"), "ae": quantiles("ae")}
+models = sorted({re.search(r'model="([^"]+)"', m.group(0)).group(1)
+                 for m in re.finditer(r'^detector_event_latency_seconds_bucket\{[^}]*\}', text, re.M)})
+res = {"events": n, "events_per_sec": eps, "kafka_consumer_events_per_sec": base,
+       "ratio_to_kafka_consumer": eps / base if base else None, "latency_at_rate": rate,
+       "latency": {m: {"whole_run_from_cold_start": quantiles(m, ""),
+                       "after_the_first_5_s": quantiles(m, start)} for m in models}}
 json.dump(res, open(out, "w"), indent=2)
 print(json.dumps(res, indent=2))
 PY

@@ -963,3 +963,53 @@ fn a_hundred_thousand_services_fit_a_256_mib_budget_and_lose_no_event() {
     // every returning one a file read, so this run goes at the disk's pace (a few thousand
     // events/s here against ~150k for one service); see docs/deploy.md.
 }
+
+#[test]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+fn a_model_that_cannot_be_saved_ends_the_process_instead_of_stalling_it() {
+    // The fitted-model path: a service's model is fitted on the stream and saved; the save
+    // fails (the state directory is gone), which used to kill the scoring thread while the
+    // process stayed up, healthy-looking, consuming nothing.
+    let dir = out_dir("unsavable-model");
+    let topic = stream_topic("unsavable-model", 5_000, 23, 1);
+    let group = unique("unsavable-model");
+    let state = dir.join("state");
+    let mut d = Service::detect(
+        "zscore",
+        &topic,
+        &group,
+        &state,
+        dir.join("detect.log"),
+        &["--train", "3000"],
+    );
+    wait_for(Duration::from_secs(30), "ready for input", || {
+        d.status("/healthz")
+    });
+    // The volume goes bad before any model is fitted.
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::write(&state, b"not a directory").unwrap();
+    let more: Vec<(String, Vec<u8>)> = (0..3_000)
+        .map(|i| {
+            let json = format!(r#"{{"service":"late","ts":{i},"cpu":{}}}"#, i % 11);
+            ("late".to_string(), json.into_bytes())
+        })
+        .collect();
+    produce(&topic, &more);
+    let start = Instant::now();
+    let status = loop {
+        if let Ok(Some(st)) = d.child.try_wait() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "still running with a model it cannot save:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    assert!(d.log_text().contains("cannot save"), "{}", d.log_text());
+    // The events whose model could not be saved are not committed: a restart redoes them.
+    let done: i64 = committed(&group, &topic).values().sum();
+    assert!(done < 8_000, "committed {done} of 8000");
+}

@@ -133,7 +133,9 @@ impl ConsumerContext for Ctx {
             // Finish what is in flight so its offsets are stored, then commit them: the next
             // owner of these partitions starts right after what we processed.
             let start = Instant::now();
+            // (After a failure nothing more is stored: nothing to wait for.)
             while self.0.inflight.load(Ordering::Acquire) > 0
+                && !self.0.fatal.load(Ordering::Acquire)
                 && start.elapsed() < Duration::from_secs(30)
             {
                 std::thread::sleep(Duration::from_millis(5));

@@ -471,7 +471,7 @@ async fn run_service(
     ticker.abort();
     if !store.flush(SHUTDOWN_GRACE / 2) {
         tracing::warn!(
-            "some evicted services' states were not saved in time: they start afresh next time"
+            "some services' states were not saved: those services start afresh next time"
         );
     }
     let clean = !shared.fatal.load(Ordering::Acquire) && outcome.abandoned == 0;

@@ -52,6 +52,9 @@ pub(super) struct Pending {
     events: usize,
     /// A batch of the poll stage (counted in `inflight`), not the final snapshot.
     polled: bool,
+    /// The batch handed service states to the store (new models, evictions): they are
+    /// written before its offsets are stored.
+    wait_for_store: bool,
 }
 
 /// Stage 1: poll the consumer into batches until shutdown. A batch is whatever is ready once
@@ -145,32 +148,32 @@ pub(super) fn score_loop(
     let mut skipped = 0u64;
     loop {
         let waited = Instant::now();
-        let batch = if streaming {
-            // While the stream is idle, save what is unsaved so its offsets get committed.
-            match rx.recv_timeout(s.snapshot_every) {
-                Ok(b) => b,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if unsaved > 0 {
-                        let idle = with_snapshot(
-                            Vec::new(),
-                            false,
-                            std::mem::take(&mut unsaved),
-                            &pipeline,
-                            &next,
-                            &s.topic,
-                        );
-                        last_snapshot = Instant::now();
-                        if tx.blocking_send(idle).is_err() {
-                            bail!("commit stage stopped");
-                        }
-                    }
-                    continue;
+        // Wake at least once a second while idle: to notice a failed state write, and (with
+        // streaming models) to save what is unsaved once the stream goes quiet, so that its
+        // offsets get committed.
+        let batch = match rx.recv_timeout(s.snapshot_every.min(Duration::from_secs(1))) {
+            Ok(b) => b,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(e) = store.failure() {
+                    bail!("{e}");
                 }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                if streaming && unsaved > 0 && last_snapshot.elapsed() >= s.snapshot_every {
+                    let idle = with_snapshot(
+                        Vec::new(),
+                        false,
+                        std::mem::take(&mut unsaved),
+                        &pipeline,
+                        &next,
+                        &s.topic,
+                    );
+                    last_snapshot = Instant::now();
+                    if tx.blocking_send(idle).is_err() {
+                        bail!("commit stage stopped");
+                    }
+                }
+                continue;
             }
-        } else {
-            let Ok(b) = rx.recv() else { break };
-            b
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         };
         stats.idle += waited.elapsed();
         let busy = Instant::now();
@@ -197,15 +200,18 @@ pub(super) fn score_loop(
         pipeline.process(&msgs, now, &mut out);
         // New models are saved per service in the background (a restart, or an eviction
         // and return, then resumes them instead of refitting).
+        let mut handed = false;
         for (i, service) in &out.new_models {
             if let Some(file) = pipeline.service_file(*i, service, now) {
                 store.put(file.kind, service.clone(), file);
+                handed = true;
             }
         }
         if let Some(keep) = budget.over(&pipeline) {
             for (kind, service, saved) in pipeline.evict_to(keep) {
                 if let Some(file) = Pipeline::evicted_file(kind, service.clone(), saved, now) {
                     store.put(kind, service, file);
+                    handed = true;
                 }
             }
         }
@@ -269,6 +275,7 @@ pub(super) fn score_loop(
                 snapshot: None,
                 events: batch.meta.len(),
                 polled: true,
+                wait_for_store: handed,
             }
         } else {
             unsaved += batch.meta.len();
@@ -284,6 +291,7 @@ pub(super) fn score_loop(
                     snapshot: None,
                     events: 0,
                     polled: true,
+                    wait_for_store: false,
                 }
             }
         };
@@ -330,6 +338,7 @@ fn with_snapshot(
         snapshot: Some(pipeline.snapshots(modelio::now(), &offsets)),
         events,
         polled,
+        wait_for_store: false,
     }
 }
 
@@ -349,7 +358,7 @@ struct Budget {
 impl Budget {
     /// The share of `--memory-budget` the services' states may take; the rest is for the
     /// snapshot copy, librdkafka's buffers, batches and the allocator.
-    const STATE_SHARE: f64 = 0.4;
+    const STATE_SHARE: f64 = 0.3;
 
     fn new(s: &Settings) -> Self {
         let models = s.models.0.len().max(1) as f64;
@@ -523,6 +532,27 @@ pub(super) async fn commit_loop(
             // Never store offsets past an event whose output is lost: stop, and let a restart
             // reprocess from the last stored offset.
             shared.fail("an output could not be delivered to Kafka".into());
+        }
+        if p.wait_for_store && !shared.fatal.load(Ordering::Acquire) {
+            // New models and evicted services are on disk before the offsets of the events
+            // that made them are stored.
+            let store = store.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                store
+                    .flush(Duration::from_secs(60))
+                    .then_some(())
+                    .ok_or_else(|| {
+                        store
+                            .failure()
+                            .unwrap_or_else(|| "service states not written after 60 s".into())
+                    })
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => shared.fail(format!("commit stage: {e}")),
+                Err(e) => shared.fail(format!("commit stage: waiting for the store: {e}")),
+            }
         }
         if let Some(files) = p.snapshot.filter(|_| !shared.fatal.load(Ordering::Acquire)) {
             // Save the states before their offsets are stored: a restart then finds a state
