@@ -519,3 +519,21 @@ pub struct DetectArgs {
     #[command(flatten)]
     pub opts: ModelOpts,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn memory_sizes_parse_with_binary_and_decimal_units_and_reject_the_rest() {
+        assert_eq!(parse_bytes("256MiB"), Ok(256 * 1024 * 1024));
+        assert_eq!(parse_bytes("256M"), Ok(256 * 1024 * 1024));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 * 1024 * 1024 * 1024));
+        assert_eq!(parse_bytes("500MB"), Ok(500_000_000));
+        assert_eq!(parse_bytes(" 1.5 gib "), Ok(1_610_612_736));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        for bad in ["", "MiB", "0", "-5MiB", "12 parsecs", "1e9"] {
+            assert!(parse_bytes(bad).is_err(), "{bad} parsed");
+        }
+    }
+}
