@@ -29,10 +29,11 @@
 #
 # Environment:
 #   KANARY_COMPOSE_PROJECT    compose project name (default kanary-compose-test)
-#   KANARY_KAFKA_HOST_PORT    host ports on 127.0.0.1 (defaults 39092, 39898, 39899, 39090;
+#   KANARY_KAFKA_HOST_PORT    host ports on 127.0.0.1 (defaults 23092, 23898, 23899, 23090;
 #   KANARY_DETECTOR_IF_PORT   the compose file's own defaults are 29092, 9898, 9899, 9090,
 #   KANARY_DETECTOR_AE_PORT   which a developer's stack may be using)
-#   KANARY_PROMETHEUS_PORT
+#   KANARY_PROMETHEUS_PORT    (below 32768: outside Linux's ephemeral port range, so a
+#                             client connection of an earlier test cannot hold one of them)
 #   KANARY_COMPOSE_TIMEOUT    seconds to wait for each stage of the checks (default 180)
 #   KANARY_REBUILD_IMAGES=1   rebuild the base images even if their inputs did not change
 #   KANARY_CACHE              cache root of scripts/kafka.sh (Kafka jars), default ~/.cache/kanary
@@ -50,10 +51,10 @@ LABEL=dev.kanary.image-inputs
 DEBIAN_RECIPE=1
 
 PROJECT=${KANARY_COMPOSE_PROJECT:-kanary-compose-test}
-export KANARY_KAFKA_HOST_PORT=${KANARY_KAFKA_HOST_PORT:-39092}
-export KANARY_DETECTOR_IF_PORT=${KANARY_DETECTOR_IF_PORT:-39898}
-export KANARY_DETECTOR_AE_PORT=${KANARY_DETECTOR_AE_PORT:-39899}
-export KANARY_PROMETHEUS_PORT=${KANARY_PROMETHEUS_PORT:-39090}
+export KANARY_KAFKA_HOST_PORT=${KANARY_KAFKA_HOST_PORT:-23092}
+export KANARY_DETECTOR_IF_PORT=${KANARY_DETECTOR_IF_PORT:-23898}
+export KANARY_DETECTOR_AE_PORT=${KANARY_DETECTOR_AE_PORT:-23899}
+export KANARY_PROMETHEUS_PORT=${KANARY_PROMETHEUS_PORT:-23090}
 TIMEOUT=${KANARY_COMPOSE_TIMEOUT:-180}
 for v in KANARY_KAFKA_HOST_PORT KANARY_DETECTOR_IF_PORT KANARY_DETECTOR_AE_PORT \
     KANARY_PROMETHEUS_PORT TIMEOUT; do
