@@ -194,18 +194,28 @@ impl Engine {
             .filter_map(|(s, st)| match &st.phase {
                 Phase::Streaming { model, names } => Some((
                     s.clone(),
-                    StreamSnapshot {
-                        inputs: st.inputs.clone(),
-                        features: names.to_vec(),
-                        window: self.cfg.window.clone(),
-                        state: StreamState::new(self.cfg.detector.kind, model.clone_box()),
-                    },
+                    self.snapshot(st.inputs.clone(), names, model.clone_box()),
                 )),
                 Phase::Warming { .. } | Phase::Ready(_) => None,
             })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// A streaming model's state with what it reads, for a model file.
+    fn snapshot(
+        &self,
+        inputs: Vec<String>,
+        names: &[String],
+        model: Box<dyn StreamingDetector>,
+    ) -> StreamSnapshot {
+        StreamSnapshot {
+            inputs,
+            features: names.to_vec(),
+            window: self.cfg.window.clone(),
+            state: StreamState::new(self.cfg.detector.kind, model),
+        }
     }
 
     /// Resumes a streaming model for `service` from a snapshot of the same kind.
@@ -292,12 +302,9 @@ impl Engine {
             self.pending.remove(&name);
             let saved = match svc.phase {
                 Phase::Ready(m) => Evicted::Fitted(Arc::unwrap_or_clone(m)),
-                Phase::Streaming { model, names } => Evicted::Stream(StreamSnapshot {
-                    inputs: svc.inputs,
-                    features: names.to_vec(),
-                    window: self.cfg.window.clone(),
-                    state: StreamState::new(self.cfg.detector.kind, model),
-                }),
+                Phase::Streaming { model, names } => {
+                    Evicted::Stream(self.snapshot(svc.inputs, &names, model))
+                }
                 Phase::Warming { .. } => Evicted::Warming,
             };
             out.push((name, saved));

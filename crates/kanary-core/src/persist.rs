@@ -57,6 +57,18 @@ pub enum PersistError {
 }
 
 impl ModelFile {
+    /// An empty file of `kind` written by this version of kanary, created at `created_at`.
+    pub fn new(kind: ModelKind, created_at: f64) -> Self {
+        ModelFile {
+            kanary_version: env!("CARGO_PKG_VERSION").to_string(),
+            kind,
+            created_at,
+            offsets: Vec::new(),
+            detectors: Vec::new(),
+            streams: Vec::new(),
+        }
+    }
+
     /// Installs every service's model or streaming state in `engine`, which must run the
     /// file's kind. Returns the number of services installed.
     pub fn install(&self, engine: &mut Engine) -> Result<usize, String> {

@@ -261,34 +261,24 @@ impl Pipeline {
     /// A model file holding one service's fitted model, of model `i`.
     pub fn service_file(&self, i: usize, service: &str, now: f64) -> Option<ModelFile> {
         let r = &self.runners[i];
-        let mut file = ModelFile {
-            kanary_version: env!("CARGO_PKG_VERSION").to_string(),
-            kind: r.kind,
-            created_at: now,
-            offsets: Vec::new(),
-            detectors: Vec::new(),
-            streams: Vec::new(),
-        };
         let m = r.engine.model(service)?;
-        file.detectors.push((service.to_string(), (**m).clone()));
-        Some(file)
+        Self::one_service_file(
+            r.kind,
+            service.to_string(),
+            Evicted::Fitted((**m).clone()),
+            now,
+        )
     }
 
-    /// A model file holding one evicted service of `kind`.
-    pub fn evicted_file(
+    /// A model file holding what was saved of one service of `kind` (`None` for a service
+    /// still warming up: nothing to keep).
+    pub fn one_service_file(
         kind: ModelKind,
         service: String,
         saved: Evicted,
         now: f64,
     ) -> Option<ModelFile> {
-        let mut file = ModelFile {
-            kanary_version: env!("CARGO_PKG_VERSION").to_string(),
-            kind,
-            created_at: now,
-            offsets: Vec::new(),
-            detectors: Vec::new(),
-            streams: Vec::new(),
-        };
+        let mut file = ModelFile::new(kind, now);
         match saved {
             Evicted::Fitted(m) => file.detectors.push((service, m)),
             Evicted::Stream(st) => file.streams.push((service, st)),
@@ -309,12 +299,9 @@ impl Pipeline {
             .iter()
             .filter(|r| r.kind.is_streaming())
             .map(|r| ModelFile {
-                kanary_version: env!("CARGO_PKG_VERSION").to_string(),
-                kind: r.kind,
-                created_at: now,
                 offsets: offsets.to_vec(),
-                detectors: Vec::new(),
                 streams: r.engine.streams(),
+                ..ModelFile::new(r.kind, now)
             })
             .collect()
     }

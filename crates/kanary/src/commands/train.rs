@@ -64,12 +64,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eprintln!("skipped {n} events: {reason}");
     }
     let out = ModelFile {
-        kanary_version: env!("CARGO_PKG_VERSION").to_string(),
-        kind: args.model,
-        created_at: now,
-        offsets: Vec::new(),
         detectors,
         streams,
+        ..ModelFile::new(args.model, now)
     };
     modelio::save(&args.output, &out)
         .with_context(|| format!("cannot save {}", args.output.display()))?;

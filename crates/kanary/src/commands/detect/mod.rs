@@ -469,10 +469,8 @@ async fn run_service(
     let _ = poll_thread.join();
     let _ = score_thread.join();
     ticker.abort();
-    if !store.flush(SHUTDOWN_GRACE / 2) {
-        tracing::warn!(
-            "some services' states were not saved: those services start afresh next time"
-        );
+    if let Err(e) = store.flush(SHUTDOWN_GRACE / 2) {
+        tracing::warn!("{e}: those services start afresh next time");
     }
     let clean = !shared.fatal.load(Ordering::Acquire) && outcome.abandoned == 0;
     let deadline = Instant::now() + SHUTDOWN_GRACE / 2;

@@ -209,7 +209,7 @@ pub(super) fn score_loop(
         }
         if let Some(keep) = budget.over(&pipeline) {
             for (kind, service, saved) in pipeline.evict_to(keep) {
-                if let Some(file) = Pipeline::evicted_file(kind, service.clone(), saved, now) {
+                if let Some(file) = Pipeline::one_service_file(kind, service.clone(), saved, now) {
                     store.put(kind, service, file);
                     handed = true;
                 }
@@ -537,17 +537,8 @@ pub(super) async fn commit_loop(
             // New models and evicted services are on disk before the offsets of the events
             // that made them are stored.
             let store = store.clone();
-            let written = tokio::task::spawn_blocking(move || {
-                store
-                    .flush(Duration::from_secs(60))
-                    .then_some(())
-                    .ok_or_else(|| {
-                        store
-                            .failure()
-                            .unwrap_or_else(|| "service states not written after 60 s".into())
-                    })
-            })
-            .await;
+            let written =
+                tokio::task::spawn_blocking(move || store.flush(Duration::from_secs(60))).await;
             match written {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => shared.fail(format!("commit stage: {e}")),
@@ -562,14 +553,9 @@ pub(super) async fn commit_loop(
             let saved = tokio::task::spawn_blocking(move || -> Result<usize> {
                 // Services evicted before this snapshot are saved before its offsets are
                 // stored, like the states it holds.
-                if !store.flush(Duration::from_secs(60)) {
-                    bail!(
-                        "evicted services' states are not saved after 60 s: {}",
-                        store
-                            .failure()
-                            .unwrap_or_else(|| "the disk is too slow".into())
-                    );
-                }
+                store
+                    .flush(Duration::from_secs(60))
+                    .map_err(|e| anyhow::anyhow!("evicted services' states: {e}"))?;
                 for file in &files {
                     let path = state_file(&dir, file.kind.name());
                     modelio::save(&path, file)

@@ -160,16 +160,22 @@ impl ServiceStore {
         }
     }
 
-    /// Waits until every state handed over is on disk (or `timeout` passes, or a write
-    /// failed). Returns whether everything is written.
-    pub(super) fn flush(&self, timeout: std::time::Duration) -> bool {
+    /// Waits until every state handed over is on disk. An error names the failed write, or
+    /// says that `timeout` passed first.
+    pub(super) fn flush(&self, timeout: std::time::Duration) -> Result<(), String> {
         let start = std::time::Instant::now();
         loop {
             if self.inner.pending.lock().unwrap().is_empty() {
-                return true;
+                return Ok(());
             }
-            if self.inner.failed.get().is_some() || start.elapsed() >= timeout {
-                return false;
+            if let Some(e) = self.failure() {
+                return Err(e);
+            }
+            if start.elapsed() >= timeout {
+                return Err(format!(
+                    "service states not written after {} s",
+                    timeout.as_secs_f64()
+                ));
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
