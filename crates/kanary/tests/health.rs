@@ -10,9 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 /// A port nothing listens on (1 needs root to bind, and nothing here does).
 const NO_BROKER: &str = "127.0.0.1:1";
@@ -37,18 +35,6 @@ fn detect_at(brokers: &str, dir: &Path, extra: &[&str]) -> Service {
     Service::start(&args, port, dir.join("detect.log"))
 }
 
-/// Waits for the child to exit; its exit status and when.
-fn wait_exit(s: &mut Service, timeout: Duration) -> Option<(std::process::ExitStatus, Duration)> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if let Ok(Some(st)) = s.child.try_wait() {
-            return Some((st, start.elapsed()));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
 #[test]
 fn no_broker_at_start_health_answers_at_once_and_the_process_gives_up_after_the_timeout() {
     let dir = out_dir("health-no-broker");
@@ -62,7 +48,9 @@ fn no_broker_at_start_health_answers_at_once_and_the_process_gives_up_after_the_
     let (code, body) = http_get(d.port, "/readyz").unwrap();
     assert_eq!(code, 503);
     assert!(body.contains("no Kafka broker reachable"), "{body}");
-    let (status, _) = wait_exit(&mut d, Duration::from_secs(8)).expect("exit after the timeout");
+    let (status, _) = d
+        .wait_exit(Duration::from_secs(8))
+        .expect("exit after the timeout");
     assert!(!status.success());
     assert!(started.elapsed() >= Duration::from_secs(3));
     let log = d.log_text();
@@ -96,7 +84,7 @@ fn a_taken_port_is_reported_before_any_kafka_setup() {
     .map(|s| s.to_string())
     .collect();
     let mut d = Service::start(&args, port, dir.join("detect.log"));
-    let (status, after) = wait_exit(&mut d, Duration::from_secs(5)).expect("exits at once");
+    let (status, after) = d.wait_exit(Duration::from_secs(5)).expect("exits at once");
     assert!(!status.success());
     assert!(after < Duration::from_secs(2), "{after:?}");
     assert!(
@@ -198,34 +186,8 @@ fn mock_with_events(
 ) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic(topic, 2, 1).unwrap();
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap_servers())
-        .create()
-        .unwrap();
-    let lines = kanary(&[
-        "simulate",
-        "--scenario",
-        "microservices",
-        "--count",
-        &events.to_string(),
-        "--seed",
-        "3",
-    ]);
-    for line in lines.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let key = v["service"].as_str().unwrap_or_default().to_string();
-        let mut rec = BaseRecord::to(topic).payload(line).key(&key);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
+    let (_, records) = simulated(events, 3);
+    produce_to(&cluster.bootstrap_servers(), topic, &records);
     cluster
 }
 
@@ -256,7 +218,9 @@ fn broker_gone_readyz_turns_false_at_once_and_sigterm_still_exits_in_10_s() {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &d.child.id().to_string()])
         .status();
-    let (_, took) = wait_exit(&mut d, Duration::from_secs(15)).expect("exits after SIGTERM");
+    let (_, took) = d
+        .wait_exit(Duration::from_secs(15))
+        .expect("exits after SIGTERM");
     assert!(
         took < Duration::from_secs(10),
         "took {took:?}:\n{}",

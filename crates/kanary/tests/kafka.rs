@@ -610,26 +610,8 @@ fn a_restarted_streaming_detector_resumes_its_saved_state() {
     let topic = unique("resume");
     let anomalies = unique("resume-anomalies");
     create_topic(&topic, 3);
-    let lines = kanary(&[
-        "simulate",
-        "--scenario",
-        "microservices",
-        "--count",
-        "30000",
-        "--seed",
-        "11",
-    ]);
+    let (lines, records) = simulated(30_000, 11);
     std::fs::write(dir.join("all.jsonl"), &lines).unwrap();
-    let records: Vec<(String, Vec<u8>)> = lines
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["service"].as_str().unwrap().to_string(),
-                l.as_bytes().to_vec(),
-            )
-        })
-        .collect();
     let (before, after) = records.split_at(18_000);
     produce(&topic, before);
     let group = unique("resume");
@@ -726,25 +708,7 @@ fn a_restarted_streaming_detector_resumes_its_saved_state() {
 fn stream_topic(prefix: &str, events: usize, seed: u64, partitions: i32) -> String {
     let topic = unique(prefix);
     create_topic(&topic, partitions);
-    let lines = kanary(&[
-        "simulate",
-        "--scenario",
-        "microservices",
-        "--count",
-        &events.to_string(),
-        "--seed",
-        &seed.to_string(),
-    ]);
-    let records: Vec<(String, Vec<u8>)> = lines
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["service"].as_str().unwrap().to_string(),
-                l.as_bytes().to_vec(),
-            )
-        })
-        .collect();
+    let (_, records) = simulated(events, seed);
     produce(&topic, &records);
     topic
 }
@@ -783,17 +747,11 @@ fn a_failing_state_directory_ends_the_process_non_zero_within_5_s() {
         })
         .collect();
     produce(&topic, &more);
-    let broke = Instant::now();
-    let status = loop {
-        if let Ok(Some(st)) = d.child.try_wait() {
-            break st;
-        }
-        assert!(
-            broke.elapsed() < Duration::from_secs(5),
+    let Some((status, _)) = d.wait_exit(Duration::from_secs(5)) else {
+        panic!(
             "still running 5 s after the state directory broke:\n{}",
             d.log_text()
         );
-        std::thread::sleep(Duration::from_millis(20));
     };
     assert!(!status.success());
     let log = d.log_text();
@@ -995,17 +953,11 @@ fn a_model_that_cannot_be_saved_ends_the_process_instead_of_stalling_it() {
         })
         .collect();
     produce(&topic, &more);
-    let start = Instant::now();
-    let status = loop {
-        if let Ok(Some(st)) = d.child.try_wait() {
-            break st;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
+    let Some((status, _)) = d.wait_exit(Duration::from_secs(20)) else {
+        panic!(
             "still running with a model it cannot save:\n{}",
             d.log_text()
         );
-        std::thread::sleep(Duration::from_millis(20));
     };
     assert!(!status.success());
     assert!(d.log_text().contains("cannot save"), "{}", d.log_text());

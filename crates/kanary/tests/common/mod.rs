@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -61,6 +61,31 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// `count` microservices events (`kanary simulate`, seed `seed`): the JSONL text, and the
+/// events as `(service, payload)` records.
+pub fn simulated(count: usize, seed: u64) -> (String, Vec<(String, Vec<u8>)>) {
+    let lines = kanary(&[
+        "simulate",
+        "--scenario",
+        "microservices",
+        "--count",
+        &count.to_string(),
+        "--seed",
+        &seed.to_string(),
+    ]);
+    let records = lines
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["service"].as_str().unwrap().to_string(),
+                l.as_bytes().to_vec(),
+            )
+        })
+        .collect();
+    (lines, records)
 }
 
 /// Runs kanary to completion; panics with its output on failure. Returns stdout.
@@ -155,16 +180,24 @@ impl Service {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return st.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some((st, _)) = self.wait_exit(timeout) {
+            return st.success();
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
         false
+    }
+
+    /// Waits up to `timeout` for the process to exit: its status and how long that took.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<(ExitStatus, Duration)> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some((st, start.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// SIGKILL: no chance to commit or clean up.
@@ -267,8 +300,12 @@ pub fn create_topic(topic: &str, partitions: i32) {
 }
 
 pub fn producer() -> BaseProducer {
+    producer_to(&brokers())
+}
+
+fn producer_to(bootstrap: &str) -> BaseProducer {
     ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .create()
@@ -277,7 +314,12 @@ pub fn producer() -> BaseProducer {
 
 /// Produces `(key, payload)` records in order and waits for every delivery.
 pub fn produce(topic: &str, records: &[(String, Vec<u8>)]) {
-    let p = producer();
+    produce_to(&brokers(), topic, records);
+}
+
+/// [`produce`] to the brokers at `bootstrap` (a mock cluster, say).
+pub fn produce_to(bootstrap: &str, topic: &str, records: &[(String, Vec<u8>)]) {
+    let p = producer_to(bootstrap);
     for (k, v) in records {
         let mut rec = BaseRecord::to(topic).key(k.as_str()).payload(v.as_slice());
         loop {
