@@ -52,6 +52,9 @@ pub enum Command {
     /// Simulator, Isolation Forest and autoencoder in one process with metrics and a live page;
     /// no Kafka needed.
     Demo(DemoArgs),
+    /// Prometheus remote write and OTLP/HTTP metrics in, kanary events out to Kafka: an entity
+    /// (job/instance) per event, counters as rates (docs/telemetry.md).
+    Gateway(Box<GatewayArgs>),
 }
 
 /// A comma-separated list of model names, without repeats, in the order given.
@@ -518,6 +521,94 @@ pub struct DetectArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub opts: ModelOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// HTTP address: POST /api/v1/write (Prometheus remote write), POST /v1/metrics (OTLP),
+    /// GET /metrics, /healthz, /readyz.
+    #[arg(long, env = "KANARY_GATEWAY_LISTEN", default_value = "0.0.0.0:9201")]
+    pub listen: SocketAddr,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KANARY_BROKERS", default_value = "localhost:9092")]
+    pub brokers: String,
+    /// Topic the events go to (created with --partitions if missing).
+    #[arg(long, env = "KANARY_TOPIC", default_value = "service-metrics")]
+    pub topic: String,
+    /// Partitions of the topic when the gateway creates it.
+    #[arg(long, env = "KANARY_PARTITIONS", default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..))]
+    pub partitions: i32,
+    /// Labels whose values name the entity (the event's `service`), joined by `/`. For OTLP,
+    /// `job` is `service.namespace/service.name` and `instance` is `service.instance.id`.
+    #[arg(
+        long,
+        env = "KANARY_ENTITY_LABELS",
+        value_delimiter = ',',
+        default_value = "job,instance"
+    )]
+    pub entity_labels: Vec<String>,
+    /// Keep only metrics whose name matches this regex (repeatable: any of them).
+    #[arg(long, env = "KANARY_INCLUDE", value_name = "REGEX")]
+    pub include: Vec<String>,
+    /// Drop metrics whose name matches this regex (repeatable), after --include.
+    #[arg(long, env = "KANARY_EXCLUDE", value_name = "REGEX")]
+    pub exclude: Vec<String>,
+    /// Largest request body, compressed or decompressed; larger ones get 413.
+    #[arg(long, env = "KANARY_MAX_BODY", value_name = "BYTES", default_value = "16MiB", value_parser = parse_bytes)]
+    pub max_body: u64,
+    /// Features tracked over all entities; samples of new series beyond it are dropped and
+    /// counted (reason series_limit).
+    #[arg(long, env = "KANARY_MAX_SERIES", default_value_t = 100_000, value_parser = positive)]
+    pub max_series: usize,
+    /// Features per entity; beyond it new series are dropped and counted (feature_limit).
+    #[arg(long, env = "KANARY_MAX_ENTITY_FEATURES", default_value_t = 1_000, value_parser = positive)]
+    pub max_entity_features: usize,
+    /// Seconds a feature stays in its entity's events after its last sample (its last value
+    /// is carried until then).
+    #[arg(
+        long,
+        env = "KANARY_STALE_AFTER",
+        value_name = "SECONDS",
+        default_value_t = 300.0
+    )]
+    pub stale_after: f64,
+    /// File holding a bearer token writers must send (`Authorization: Bearer <token>`).
+    #[arg(long, env = "KANARY_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// File of `user:password` lines accepted as HTTP basic auth.
+    #[arg(long, env = "KANARY_BASIC_AUTH_FILE")]
+    pub basic_auth_file: Option<PathBuf>,
+    /// Seconds Kafka may take to acknowledge a request's events; after that it gets 503 and
+    /// the writer retries.
+    #[arg(
+        long,
+        env = "KANARY_DELIVERY_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 10.0
+    )]
+    pub delivery_timeout: f64,
+    /// Seconds to wait at start for a Kafka broker; then exit non-zero with the last error.
+    #[arg(
+        long,
+        env = "KANARY_STARTUP_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 60.0
+    )]
+    pub startup_timeout: f64,
+    /// HTTP server: seconds to send a request head, and to stay idle between requests.
+    #[arg(
+        long,
+        env = "KANARY_HTTP_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 10.0
+    )]
+    pub http_timeout: f64,
+    /// HTTP server: connections served at once.
+    #[arg(long, env = "KANARY_HTTP_MAX_CONNECTIONS", value_name = "N", default_value_t = 256, value_parser = positive)]
+    pub http_max_connections: usize,
+    /// librdkafka property `key=value` (repeatable; comma-separated in the variable).
+    #[arg(long = "kafka-opt", env = "KANARY_KAFKA_OPT", value_name = "KEY=VALUE")]
+    pub kafka_opts: Vec<String>,
 }
 
 #[cfg(test)]

@@ -445,7 +445,8 @@ impl Pipeline {
         let mut training = false;
         let mut last_latency = None;
         let mut last_error: HashMap<&str, f64> = HashMap::new();
-        let mut last_threshold: HashMap<&str, f64> = HashMap::new();
+        // Per service: threshold, score and whether its alarm holds, of its last scored event.
+        let mut last_threshold: HashMap<&str, (f64, f64, bool)> = HashMap::new();
         let mut recent = Vec::new();
         let mut anomalies = Vec::new();
         for (k, o) in r.outcomes.iter().enumerate() {
@@ -502,7 +503,7 @@ impl Pipeline {
                     if r.kind.spec().reconstruction_error {
                         last_error.insert(ev.service.as_str(), s.score);
                     }
-                    last_threshold.insert(ev.service.as_str(), s.threshold);
+                    last_threshold.insert(ev.service.as_str(), (s.threshold, s.score, s.flagged));
                     if let Some(l) = ev.label {
                         r.confusion.record(s.flagged, l);
                     }
@@ -575,14 +576,17 @@ impl Pipeline {
                 })
                 .set(*e);
         }
-        for (service, t) in &last_threshold {
+        for (service, (t, score, flagged)) in &last_threshold {
+            let l = ModelService {
+                model: model.to_string(),
+                service: service.to_string(),
+            };
+            metrics.threshold.get_or_create_owned(&l).set(*t);
+            metrics.service_score.get_or_create_owned(&l).set(*score);
             metrics
-                .threshold
-                .get_or_create_owned(&ModelService {
-                    model: model.to_string(),
-                    service: service.to_string(),
-                })
-                .set(*t);
+                .service_anomalous
+                .get_or_create_owned(&l)
+                .set(i64::from(*flagged));
         }
         if r.kind.is_streaming() && scored > 0 && r.info.is_none() {
             // A streaming model exists from its first scored event.

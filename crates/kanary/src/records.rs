@@ -9,7 +9,7 @@ use kanary_core::event::{Event, write_f64, write_json_object, write_json_str};
 #[derive(Debug, Clone, Copy)]
 pub enum Shape {
     /// `{"ts","detected_at","service","model","score","threshold","features","contributions",
-    /// "label","partition","offset"}`
+    /// "labels","label","partition","offset"}`
     Anomaly {
         detected_at: f64,
         partition: i32,
@@ -52,6 +52,18 @@ pub fn write_scored(out: &mut String, ev: &Event, model: &str, s: &Scored, shape
             write_json_object(out, &s.features, &s.values);
             out.push_str(",\"contributions\":");
             write_json_object(out, &s.features, &s.contributions);
+            // The event's string fields: the entity's labels from the gateway (job,
+            // instance, ...), the simulator's `anomaly`.
+            out.push_str(",\"labels\":{");
+            for (i, (k, v)) in ev.meta.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json_str(out, k);
+                out.push(':');
+                write_json_str(out, v);
+            }
+            out.push('}');
             label(out, ev);
             out.push_str(",\"partition\":");
             out.push_str(&partition.to_string());

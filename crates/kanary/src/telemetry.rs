@@ -41,6 +41,17 @@ pub mod names {
     pub const SERVICES_EVICTED: &str = "detector_services_evicted";
     pub const SERVICES_RESTORED: &str = "detector_services_restored";
     pub const WARMUPS_DROPPED: &str = "detector_service_warmups_dropped";
+    pub const SERVICE_SCORE: &str = "detector_service_score";
+    pub const SERVICE_ANOMALOUS: &str = "detector_service_anomalous";
+    // `kanary gateway`
+    pub const GW_REQUESTS: &str = "gateway_requests";
+    pub const GW_REJECTED: &str = "gateway_rejected_requests";
+    pub const GW_SAMPLES: &str = "gateway_samples";
+    pub const GW_DROPPED: &str = "gateway_samples_dropped";
+    pub const GW_EVENTS: &str = "gateway_events";
+    pub const GW_SERIES: &str = "gateway_series";
+    pub const GW_ENTITIES: &str = "gateway_entities";
+    pub const GW_DURATION: &str = "gateway_request_duration_seconds";
 }
 
 /// The `service` label value of services beyond `--max-service-series` (their events and
@@ -118,6 +129,8 @@ pub struct Metrics {
     pub services_evicted: Family<ModelLabel, Counter>,
     pub services_restored: Family<ModelLabel, Counter>,
     pub warmups_dropped: Family<ModelLabel, Counter>,
+    pub service_score: Family<ModelService, FGauge>,
+    pub service_anomalous: Family<ModelService, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -157,6 +170,8 @@ impl Metrics {
             services_evicted: Family::default(),
             services_restored: Family::default(),
             warmups_dropped: Family::default(),
+            service_score: Family::default(),
+            service_anomalous: Family::default(),
             registry: Registry::default(),
         };
         use names::*;
@@ -269,6 +284,17 @@ impl Metrics {
              the service warms up again if it comes back",
             m.warmups_dropped.clone(),
         );
+        registry.register(
+            SERVICE_SCORE,
+            "Score of the service's last scored event (services with their own series, \
+             see --max-service-series)",
+            m.service_score.clone(),
+        );
+        registry.register(
+            SERVICE_ANOMALOUS,
+            "1 while the service's alarm holds (its events are flagged), else 0",
+            m.service_anomalous.clone(),
+        );
         let m = Metrics { registry, ..m };
         for model in models {
             let l = ModelLabel {
@@ -341,6 +367,154 @@ fn openmetrics_to_prometheus(om: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Endpoint {
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointCode {
+    pub endpoint: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointReason {
+    pub endpoint: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: String,
+}
+
+/// The metrics of `kanary gateway`.
+pub struct GatewayMetrics {
+    pub registry: Registry,
+    pub requests: Family<EndpointCode, Counter>,
+    pub rejected: Family<EndpointReason, Counter>,
+    pub samples: Family<Endpoint, Counter>,
+    pub dropped: Family<Reason, Counter>,
+    pub events: Counter,
+    pub series: Gauge,
+    pub entities: Gauge,
+    pub duration: Family<Endpoint, Histogram, fn() -> Histogram>,
+}
+
+/// Endpoints of the gateway, as its `endpoint` label says them.
+pub const GATEWAY_ENDPOINTS: [&str; 2] = ["remote_write", "otlp"];
+
+/// Reasons a gateway request is refused (`gateway_rejected_requests_total`).
+pub const GATEWAY_REJECT_REASONS: [&str; 9] = [
+    "unauthorized",
+    "too_large",
+    "corrupt_body",
+    "bad_protobuf",
+    "bad_json",
+    "unsupported_media_type",
+    "kafka_unavailable",
+    "delivery_failed",
+    "shutting_down",
+];
+
+/// Reasons gateway samples are not used (`gateway_samples_dropped_total`).
+pub const GATEWAY_DROP_REASONS: [&str; 11] = [
+    "excluded",
+    "no_entity",
+    "series_limit",
+    "feature_limit",
+    "histogram_bucket",
+    "native_histogram",
+    "non_finite",
+    "out_of_order",
+    "late",
+    "no_interval",
+    "not_ready",
+];
+
+fn request_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+impl GatewayMetrics {
+    pub fn new() -> Arc<Self> {
+        use names::*;
+        let m = GatewayMetrics {
+            registry: Registry::default(),
+            requests: Family::default(),
+            rejected: Family::default(),
+            samples: Family::default(),
+            dropped: Family::default(),
+            events: Counter::default(),
+            series: Gauge::default(),
+            entities: Gauge::default(),
+            duration: Family::new_with_constructor(request_histogram),
+        };
+        let mut registry = Registry::default();
+        registry.register(
+            GW_REQUESTS,
+            "Write requests answered, by endpoint and HTTP status",
+            m.requests.clone(),
+        );
+        registry.register(
+            GW_REJECTED,
+            "Write requests refused, by endpoint and reason (nothing of them was produced)",
+            m.rejected.clone(),
+        );
+        registry.register(
+            GW_SAMPLES,
+            "Samples (data points) received in accepted requests",
+            m.samples.clone(),
+        );
+        registry.register(
+            GW_DROPPED,
+            "Samples not turned into event values, by reason",
+            m.dropped.clone(),
+        );
+        registry.register(GW_EVENTS, "Events acknowledged by Kafka", m.events.clone());
+        registry.register(
+            GW_SERIES,
+            "Features tracked over all entities (bounded by --max-series)",
+            m.series.clone(),
+        );
+        registry.register(GW_ENTITIES, "Entities tracked", m.entities.clone());
+        registry.register(
+            GW_DURATION,
+            "Time from a write request's arrival to its answer, seconds",
+            m.duration.clone(),
+        );
+        for e in GATEWAY_ENDPOINTS {
+            let endpoint = e.to_string();
+            m.samples.get_or_create_owned(&Endpoint {
+                endpoint: endpoint.clone(),
+            });
+            m.duration.get_or_create_owned(&Endpoint {
+                endpoint: endpoint.clone(),
+            });
+            for reason in GATEWAY_REJECT_REASONS {
+                m.rejected.get_or_create_owned(&EndpointReason {
+                    endpoint: endpoint.clone(),
+                    reason: reason.to_string(),
+                });
+            }
+        }
+        for reason in GATEWAY_DROP_REASONS {
+            m.dropped.get_or_create_owned(&Reason {
+                reason: reason.to_string(),
+            });
+        }
+        Arc::new(GatewayMetrics { registry, ..m })
+    }
+
+    /// Every metric in the Prometheus text format, as [`Metrics::encode`].
+    pub fn encode(&self) -> String {
+        let mut om = String::with_capacity(8 * 1024);
+        let _ = prometheus_client::encoding::text::encode(&mut om, &self.registry);
+        openmetrics_to_prometheus(&om)
+    }
 }
 
 /// Handles of one model's label-only series, fetched once.

@@ -174,6 +174,7 @@ fn end_to_end_counts_match_eval_and_prometheus_scrapes_both() {
             "threshold",
             "features",
             "contributions",
+            "labels",
             "label",
             "partition",
             "offset",

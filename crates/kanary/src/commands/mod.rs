@@ -4,6 +4,7 @@ pub mod bench;
 pub mod demo;
 pub mod detect;
 pub mod eval;
+pub mod gateway;
 pub mod models;
 pub mod nab;
 pub mod simulate;
@@ -27,6 +28,7 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::Models(a) => models::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Gateway(a) => gateway::run(*a),
     }
 }
 
