@@ -85,6 +85,9 @@ trap cleanup EXIT
 step "end-to-end tests against Kafka (detect, bad input, kill -9, scale-out, Prometheus)"
 KANARY_TEST_BROKERS="127.0.0.1:$KAFKA_PORT" \
   cargo test --release -p kanary --test kafka -- --include-ignored --test-threads=1
+step "kanary gateway against Kafka (remote write, OTLP, refusals, outage, TLS)"
+KANARY_TEST_BROKERS="127.0.0.1:$KAFKA_PORT" \
+  cargo test --release -p kanary --test gateway -- --include-ignored --test-threads=1
 "$ROOT/scripts/kafka.sh" stop
 
 # --- 5. Deployment files -----------------------------------------------------------------------

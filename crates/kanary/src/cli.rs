@@ -578,6 +578,12 @@ pub struct GatewayArgs {
     /// File of `user:password` lines accepted as HTTP basic auth.
     #[arg(long, env = "KANARY_BASIC_AUTH_FILE")]
     pub basic_auth_file: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate (chain); needs --tls-key.
+    #[arg(long, env = "KANARY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "KANARY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Seconds Kafka may take to acknowledge a request's events; after that it gets 503 and
     /// the writer retries.
     #[arg(

@@ -94,14 +94,16 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    serve_router(addr, router(state), limits, shutdown).await
+    serve_router(addr, router(state), limits, None, shutdown).await
 }
 
-/// [`serve`] for any router (the gateway's).
+/// [`serve`] for any router (the gateway's), over TLS when `tls` is given: the handshake
+/// must finish within the header-read timeout too.
 pub async fn serve_router(
     addr: SocketAddr,
     app: Router,
     limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -138,10 +140,24 @@ pub async fn serve_router(
                     }
                 },
             };
-            let conn = http.serve_connection(TokioIo::new(stream), service.clone());
+            let service = service.clone();
+            let http = http.clone();
+            let acceptor = tls.clone().map(tokio_rustls::TlsAcceptor::from);
             tokio::spawn(async move {
-                // Errors here are the client's (reset, timed out): nothing to log.
-                let _ = conn.await;
+                // Errors here are the client's (reset, timed out, bad handshake): nothing to
+                // log.
+                match acceptor {
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                    Some(acceptor) => {
+                        let handshake =
+                            tokio::time::timeout(limits.timeout, acceptor.accept(stream));
+                        if let Ok(Ok(stream)) = handshake.await {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                }
                 drop(permit);
             });
         }
@@ -218,4 +234,29 @@ async fn summary(State(s): State<AppState>) -> Response {
         axum::Json(s.live.summary()),
     )
         .into_response()
+}
+
+/// A TLS server configuration from PEM files: a certificate chain and its private key.
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("cannot read certificates from {}", cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("no certificate in {}", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read a private key from {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS set-up")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the certificate and the key do not go together")?;
+    Ok(Arc::new(config))
 }

@@ -242,7 +242,10 @@ fn remote_write_and_otlp_become_events_on_kafka_after_the_credential_check() {
     assert_eq!(j["app_queue"], 4.5);
     assert_eq!(j["app_requests:rate"], 5.0);
     // (4.4 - 2.0) / (8 - 4), in floating point.
-    assert!((j["app_latency:mean"].as_f64().unwrap() - 0.6).abs() < 1e-12, "{j}");
+    assert!(
+        (j["app_latency:mean"].as_f64().unwrap() - 0.6).abs() < 1e-12,
+        "{j}"
+    );
     assert_eq!(j["app_latency_count:rate"], 0.4);
     assert_eq!(
         (p["service"].as_str(), p["app_latency:mean"].as_f64()),
@@ -476,4 +479,154 @@ fn a_broker_outage_gets_503_and_the_retried_request_delivers_each_event_once() {
             &[("reason", "delivery_failed")]
         ) >= 1.0
     );
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with openssl.
+fn test_ca(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (scripts/test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=kanary test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ]);
+}
+
+/// `curl` over HTTPS: the status, or `None` if the connection or the verification failed.
+fn curl(url: &str, ca: Option<&Path>, args: &[&str]) -> Option<u16> {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+    ]);
+    if let Some(ca) = ca {
+        cmd.arg("--cacert").arg(ca);
+    }
+    let out = cmd.args(args).arg(url).output().expect("curl");
+    let code: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    (out.status.success() && code != 0).then_some(code)
+}
+
+#[test]
+fn the_tls_listener_serves_clients_that_trust_its_ca_and_no_plain_http() {
+    let dir = out_dir("gateway-tls");
+    test_ca(&dir);
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("gw-tls", 1, 1).unwrap();
+    let port = free_port();
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    let args: Vec<String> = [
+        "gateway",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--brokers",
+        &cluster.bootstrap_servers(),
+        "--topic",
+        "gw-tls",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let _gw = Service::start(&args, port, dir.join("gateway.log"));
+    let base = format!("https://127.0.0.1:{port}");
+    let ca = dir.join("ca.crt");
+    wait_for(Duration::from_secs(30), "HTTPS /readyz 200", || {
+        (curl(&format!("{base}/readyz"), Some(&ca), &[]) == Some(200)).then_some(())
+    });
+    let body = dir.join("scrape.bin");
+    std::fs::write(&body, node_scrape(0, 1.0, 1.0)).unwrap();
+    let post = [
+        "-H",
+        "Content-Type: application/x-protobuf",
+        "-H",
+        "Content-Encoding: snappy",
+        "--data-binary",
+        &format!("@{}", body.display()),
+    ];
+    assert_eq!(
+        curl(&format!("{base}/api/v1/write"), Some(&ca), &post),
+        Some(204)
+    );
+    // A client that does not trust the CA refuses the server; plain HTTP gets no answer.
+    assert_eq!(curl(&format!("{base}/healthz"), None, &[]), None);
+    assert_eq!(http_get(port, "/healthz"), None);
+    // A key that is not the certificate's is refused at start, with the reason.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+        ])
+        .arg(dir.join("ca.key"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("do not go together"), "{err}");
 }

@@ -184,6 +184,11 @@ async fn serve(a: GatewayArgs) -> Result<()> {
         ..Config::default()
     };
     let auth = Auth::load(a.auth_token_file.as_deref(), a.basic_auth_file.as_deref())?;
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(crate::http::tls_config(c, k)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let delivery_timeout = seconds(a.delivery_timeout, "--delivery-timeout")?;
     let startup_timeout = seconds(a.startup_timeout, "--startup-timeout")?;
     let limits = Limits {
@@ -237,11 +242,11 @@ async fn serve(a: GatewayArgs) -> Result<()> {
     let http_stop = Shutdown::new();
     let wait = http_stop.clone();
     let (addr, http_task) =
-        crate::http::serve_router(a.listen, router(gw.clone()), limits, async move {
+        crate::http::serve_router(a.listen, router(gw.clone()), limits, tls, async move {
             wait.wait().await
         })
         .await?;
-    tracing::info!(%addr, topic = %a.topic, "gateway listening: POST /api/v1/write (remote write), POST /v1/metrics (OTLP); /metrics /healthz /readyz");
+    tracing::info!(%addr, scheme, topic = %a.topic, "gateway listening: POST /api/v1/write (remote write), POST /v1/metrics (OTLP); /metrics /healthz /readyz");
     let shutdown = Shutdown::new();
     shutdown.on_signal("shutting down: answering in-flight requests");
 
