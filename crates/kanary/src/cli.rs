@@ -584,6 +584,21 @@ pub struct GatewayArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "KANARY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// At start, before accepting writes, read the selected series' recent history from this
+    /// Prometheus (its HTTP API, e.g. http://prometheus:9090) into Kafka, so the detectors
+    /// are warm before live samples arrive.
+    #[arg(long, env = "KANARY_BACKFILL_FROM", value_name = "URL")]
+    pub backfill_from: Option<String>,
+    /// How far back --backfill-from reads, e.g. 6h, 30m, 2d.
+    #[arg(long, env = "KANARY_BACKFILL_RANGE", value_name = "DURATION", default_value = "6h", value_parser = crate::commands::gateway::parse_duration)]
+    pub backfill_range: f64,
+    /// Seconds between backfilled points; use the scrape interval.
+    #[arg(long, env = "KANARY_BACKFILL_STEP", value_name = "SECONDS", default_value = "15s", value_parser = crate::commands::gateway::parse_duration)]
+    pub backfill_step: f64,
+    /// PromQL series selector of what to backfill [default: metric names matching --include,
+    /// or every series].
+    #[arg(long, env = "KANARY_BACKFILL_MATCH", value_name = "SELECTOR")]
+    pub backfill_match: Option<String>,
     /// Seconds Kafka may take to acknowledge a request's events; after that it gets 503 and
     /// the writer retries.
     #[arg(

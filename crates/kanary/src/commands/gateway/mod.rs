@@ -6,8 +6,11 @@
 //! exporter) retries and nothing is lost. A body that cannot be used gets 4xx with the
 //! reason, and nothing of it is produced.
 
+mod backfill;
 mod series;
 mod wire;
+
+pub use backfill::parse_duration;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -135,8 +138,9 @@ struct Gateway {
     metrics: Arc<GatewayMetrics>,
     readiness: Arc<Readiness>,
     health: Arc<KafkaHealth>,
-    /// The topic exists and a broker answered once.
+    /// The topic exists, a broker answered once and the backfill is over.
     started: AtomicBool,
+    backfilling: AtomicBool,
     stopping: AtomicBool,
     inflight: AtomicUsize,
 }
@@ -234,6 +238,7 @@ async fn serve(a: GatewayArgs) -> Result<()> {
         readiness,
         health: health.clone(),
         started: AtomicBool::new(false),
+        backfilling: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
         inflight: AtomicUsize::new(0),
     });
@@ -272,6 +277,22 @@ async fn serve(a: GatewayArgs) -> Result<()> {
             && kafka::ensure_topic(&base, Ctx(health.clone()), &a.topic, a.partitions).await?
         {
             tracing::info!(topic = %a.topic, partitions = a.partitions, "created topic");
+        }
+        if let Some(from) = &a.backfill_from {
+            gw.backfilling.store(true, Ordering::Release);
+            let selector = a
+                .backfill_match
+                .clone()
+                .unwrap_or_else(|| backfill::selector(&a.include));
+            let done = run_backfill(&gw, from, &selector, a.backfill_range, a.backfill_step, &shutdown).await;
+            gw.backfilling.store(false, Ordering::Release);
+            match done {
+                Ok((events, secs)) => tracing::info!(
+                    from = %from, events, "backfilled {:.0} s of history in {secs:.1} s", a.backfill_range
+                ),
+                // The live path does not depend on it: go on without (or with part of) it.
+                Err(e) => tracing::error!(from = %from, "backfill failed, going on without it: {e:#}"),
+            }
         }
         gw.started.store(true, Ordering::Release);
         // Entities gone quiet are forgotten (their features count against --max-series).
@@ -360,6 +381,107 @@ async fn wait_for_brokers(
     }
 }
 
+/// GET `url` and its body, within 60 s; an answer other than 200 is an error with its body.
+async fn http_get(url: &str) -> Result<Bytes> {
+    use http_body_util::BodyExt;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let uri: hyper::Uri = url.parse().with_context(|| format!("invalid URL {url}"))?;
+    if uri.scheme_str() != Some("http") {
+        bail!("--backfill-from must be an http:// URL (got {url})");
+    }
+    let client: Client<_, http_body_util::Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let response = tokio::time::timeout(Duration::from_secs(60), async {
+        let r = client.get(uri).await?;
+        let status = r.status();
+        let body = r.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, body))
+    })
+    .await
+    .with_context(|| format!("no answer from {url} within 60 s"))??;
+    let (status, body) = response;
+    if status != StatusCode::OK {
+        let text = String::from_utf8_lossy(&body);
+        bail!(
+            "{url} answered {status}: {}",
+            text.chars().take(300).collect::<String>()
+        );
+    }
+    Ok(body)
+}
+
+/// Reads `range` seconds of history up to now from Prometheus at `base`, `step` apart, in
+/// time order, and produces its events. Returns the events produced and the time it took.
+async fn run_backfill(
+    gw: &Arc<Gateway>,
+    base: &str,
+    selector: &str,
+    range: f64,
+    step: f64,
+    shutdown: &Shutdown,
+) -> Result<(u64, f64)> {
+    let started = Instant::now();
+    let meta = http_get(&backfill::url(base, "/api/v1/metadata", &[])).await?;
+    let families = backfill::parse_metadata(&meta).map_err(|e| anyhow::anyhow!("{base}: {e}"))?;
+    {
+        let mut c = gw.converter.lock().unwrap();
+        for (f, k) in &families {
+            c.set_family(f, *k);
+        }
+    }
+    let step_ms = ((step * 1000.0).round() as i64).max(1);
+    let end = now_ms() / step_ms * step_ms;
+    let mut from = end - (range * 1000.0) as i64;
+    let mut produced = 0u64;
+    tracing::info!(base, selector, range, step, "backfilling");
+    while from <= end && !shutdown.is_triggered() {
+        let to = (from + step_ms * (backfill::POINTS_PER_QUERY - 1)).min(end);
+        let secs = |ms: i64| format!("{:.3}", ms as f64 / 1000.0);
+        let url = backfill::url(
+            base,
+            "/api/v1/query_range",
+            &[
+                ("query", selector.to_string()),
+                ("start", secs(from)),
+                ("end", secs(to)),
+                ("step", format!("{step}")),
+            ],
+        );
+        let body = http_get(&url).await?;
+        let input = backfill::parse_matrix(&body).map_err(|e| anyhow::anyhow!("{base}: {e}"))?;
+        let mut drops = Drops::default();
+        let events = gw.converter.lock().unwrap().ingest(input, &mut drops);
+        count_drops(gw, &drops);
+        let (ok, failed) = produce(gw, &events).await;
+        {
+            let mut c = gw.converter.lock().unwrap();
+            for (ev, delivered) in events.iter().zip(&ok) {
+                c.settle(ev, *delivered);
+            }
+        }
+        let n = ok.iter().filter(|d| **d).count() as u64;
+        gw.metrics.events.inc_by(n);
+        produced += n;
+        if let Some(e) = failed {
+            bail!("Kafka did not acknowledge backfilled events: {e}");
+        }
+        from = to + step_ms;
+    }
+    Ok((produced, started.elapsed().as_secs_f64()))
+}
+
+fn count_drops(gw: &Gateway, drops: &Drops) {
+    for (reason, n) in &drops.0 {
+        gw.metrics
+            .dropped
+            .get_or_create_owned(&Reason {
+                reason: reason.to_string(),
+            })
+            .inc_by(*n);
+    }
+}
+
 fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/api/v1/write", post(remote_write))
@@ -401,6 +523,8 @@ fn not_ready(gw: &Gateway) -> Option<&'static str> {
         Some("shutting down")
     } else if !gw.health.is_up() {
         Some("no Kafka broker reachable")
+    } else if gw.backfilling.load(Ordering::Acquire) {
+        Some("backfilling from Prometheus")
     } else if !gw.started.load(Ordering::Acquire) {
         Some("starting: creating the topic")
     } else {
@@ -501,14 +625,7 @@ async fn write(
         }
         c.ingest(input, &mut drops)
     };
-    for (reason, n) in &drops.0 {
-        gw.metrics
-            .dropped
-            .get_or_create_owned(&Reason {
-                reason: reason.to_string(),
-            })
-            .inc_by(*n);
-    }
+    count_drops(gw, &drops);
     let (ok, failed) = produce(gw, &events).await;
     {
         let mut c = gw.converter.lock().unwrap();
