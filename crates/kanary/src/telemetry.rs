@@ -408,8 +408,9 @@ pub struct GatewayMetrics {
 pub const GATEWAY_ENDPOINTS: [&str; 2] = ["remote_write", "otlp"];
 
 /// Reasons a gateway request is refused (`gateway_rejected_requests_total`).
-pub const GATEWAY_REJECT_REASONS: [&str; 9] = [
+pub const GATEWAY_REJECT_REASONS: [&str; 10] = [
     "unauthorized",
+    "not_ready",
     "too_large",
     "corrupt_body",
     "bad_protobuf",
@@ -421,7 +422,7 @@ pub const GATEWAY_REJECT_REASONS: [&str; 9] = [
 ];
 
 /// Reasons gateway samples are not used (`gateway_samples_dropped_total`).
-pub const GATEWAY_DROP_REASONS: [&str; 11] = [
+pub const GATEWAY_DROP_REASONS: [&str; 10] = [
     "excluded",
     "no_entity",
     "series_limit",
@@ -432,7 +433,6 @@ pub const GATEWAY_DROP_REASONS: [&str; 11] = [
     "out_of_order",
     "late",
     "no_interval",
-    "not_ready",
 ];
 
 fn request_histogram() -> Histogram {
@@ -461,7 +461,8 @@ impl GatewayMetrics {
         );
         registry.register(
             GW_REJECTED,
-            "Write requests refused, by endpoint and reason (nothing of them was produced)",
+            "Write requests refused, by endpoint and reason (answered 4xx or 5xx; after \
+             delivery_failed, the events Kafka did acknowledge stay on the topic)",
             m.rejected.clone(),
         );
         registry.register(

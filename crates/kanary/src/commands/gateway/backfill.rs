@@ -154,8 +154,11 @@ pub fn parse_metadata(body: &[u8]) -> Result<Vec<(String, Kind)>, String> {
         .into_iter()
         .filter_map(|(family, entries)| {
             let kind = match entries.first()?.kind.as_str() {
-                "counter" | "histogram" | "summary" => Kind::Counter,
-                "gauge" | "gaugehistogram" | "info" | "stateset" => Kind::Gauge,
+                "counter" => Kind::Counter,
+                // As in remote-write metadata: a summary's own name is its quantiles.
+                "gauge" | "histogram" | "summary" | "gaugehistogram" | "info" | "stateset" => {
+                    Kind::Gauge
+                }
                 _ => return None,
             };
             Some((family, kind))

@@ -218,8 +218,9 @@ async fn serve(a: GatewayArgs) -> Result<()> {
             &delivery_timeout.as_millis().to_string(),
         ),
     ] {
-        // Flags win over --kafka-opt only where kanary's guarantees depend on them.
-        if k == "message.timeout.ms" || pc.get(k).is_none() {
+        // Flags win over --kafka-opt only where kanary's guarantees depend on them: the
+        // delivery deadline, and the statistics that tell a broker is back.
+        if matches!(k, "message.timeout.ms" | "statistics.interval.ms") || pc.get(k).is_none() {
             pc.set(k, v);
         }
     }
@@ -599,7 +600,17 @@ async fn write(
     })?;
     let (input, families, mut drops) =
         decode(&bytes, headers, gw.max_body).map_err(|r| Refusal::from_reject(r, gw.max_body))?;
-    if !gw.health.is_up() || !gw.started.load(Ordering::Acquire) {
+    if !gw.started.load(Ordering::Acquire) {
+        return Err(Refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!(
+                "the gateway is not ready yet ({}); retry",
+                not_ready(gw).unwrap_or("starting")
+            ),
+        ));
+    }
+    if !gw.health.is_up() {
         return Err(Refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             "kafka_unavailable",
@@ -772,6 +783,24 @@ async fn remote_write(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: 
         &headers,
         body,
         |bytes, headers, limit| {
+            // Remote write 2.0 says so in its content type and version header; its messages
+            // would decode as an empty 1.0 request.
+            let version = header_text(
+                headers,
+                header::HeaderName::from_static("x-prometheus-remote-write-version"),
+            );
+            let content_type = header_text(headers, header::CONTENT_TYPE);
+            if version.starts_with("2.") || content_type.contains("io.prometheus.write.v2") {
+                return Err(Reject::Unsupported(format!(
+                    "remote write {} is not supported: send remote write 1.0 (Prometheus' \
+                     default, protobuf_message: prometheus.WriteRequest)",
+                    if version.is_empty() {
+                        "2.0"
+                    } else {
+                        version.as_str()
+                    }
+                )));
+            }
             let encoding = header_text(headers, header::CONTENT_ENCODING);
             if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("snappy") {
                 return Err(Reject::Unsupported(format!(

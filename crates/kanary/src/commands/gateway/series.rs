@@ -7,9 +7,11 @@
 //!   `<x>_sum` / `<x>_count` pair (histograms, summaries) also gives `<x>:mean{...}`, the mean
 //!   of the observations in the interval.
 //! - All samples of one entity at one timestamp form one event. Every feature the entity has
-//!   reported within [`Config::stale_ms`] is in it: a feature without a sample at this
-//!   timestamp carries its last value, so the detectors see the same columns every time (a
-//!   scrape that Prometheus splits between two requests still makes whole events).
+//!   reported is in it: a feature without a sample at this timestamp carries its last value,
+//!   so the detectors see the same columns every time (a scrape that Prometheus splits
+//!   between two requests still makes whole events, and a series that ended keeps its last
+//!   value: `detect` fixes a service's columns at its first event). An entity with no sample
+//!   for [`Config::stale_ms`] is forgotten.
 //! - An entity's first timestamp makes no event (its counters have no rate yet).
 //! - Each timestamp of an entity makes one event. The converter remembers, for the last
 //!   [`Config::history`] timestamps of each entity, whether its event was delivered: a retry
@@ -64,7 +66,7 @@ pub struct Config {
     pub max_series: usize,
     /// Features per entity; a new one beyond it is dropped.
     pub max_entity_features: usize,
-    /// A feature not reported for this long (sample time) leaves its entity's events.
+    /// An entity with no sample for this long (sample time) is forgotten.
     pub stale_ms: i64,
     /// Timestamps per entity whose delivery is remembered.
     pub history: usize,
@@ -77,7 +79,7 @@ impl Default for Config {
             include: None,
             exclude: None,
             max_series: 100_000,
-            max_entity_features: 1_000,
+            max_entity_features: 400,
             stale_ms: 5 * 60 * 1000,
             history: 64,
         }
@@ -148,6 +150,9 @@ pub struct Converter {
     /// Metric family types from remote-write metadata.
     families: HashMap<String, Kind>,
 }
+
+/// Keys of a kanary event that labels must not take.
+const RESERVED: [&str; 3] = ["ts", "service", "label"];
 
 /// Largest number of metric families whose type is remembered.
 const MAX_FAMILIES: usize = 100_000;
@@ -279,11 +284,9 @@ impl Converter {
             let per_ts = updates.entry(entity).or_default();
             for (ts, v) in s.samples {
                 if v.to_bits() == STALE_NAN {
-                    // The series ended (target gone, series no longer exported).
-                    if ent.features.remove(&key).is_some() {
-                        self.series -= 1;
-                    }
-                    break;
+                    // The series ended (target gone, series no longer exported): its last
+                    // value stays in the entity's events.
+                    continue;
                 }
                 if !v.is_finite() {
                     drops.add("non_finite", 1);
@@ -428,13 +431,15 @@ impl Converter {
         for (k, p) in pairs {
             if let (Some(sum), Some(count)) = p
                 && count > 0.0
-                && self.admit(entity, &k)
             {
-                values.push((k, sum / count));
+                if self.admit(entity, &k) {
+                    values.push((k, sum / count));
+                } else {
+                    drops.add("feature_limit", 1);
+                }
             }
         }
         let history = self.cfg.history;
-        let stale = self.cfg.stale_ms;
         let ent = self.entities.get_mut(entity).expect("entity exists");
         let newest = ent.recent.back().map(|(t, _)| *t);
         let slot = ent.recent.iter_mut().find(|(t, _)| *t == ts);
@@ -473,17 +478,16 @@ impl Converter {
         if !fresh {
             return;
         }
-        // Features silent for longer than `stale` leave the entity.
-        let before = ent.features.len();
-        ent.features
-            .retain(|_, f| f.at >= ts - stale || f.value.is_none());
-        self.series -= before - ent.features.len();
         let mut json = String::with_capacity(64 + 48 * ent.features.len());
         json.push_str("{\"ts\":");
         write_f64(&mut json, ts as f64 / 1000.0);
         json.push_str(",\"service\":");
         write_json_str(&mut json, entity);
         for (k, v) in &ent.labels {
+            if RESERVED.contains(&k.as_str()) {
+                // Already the event's own keys (the entity is `service`).
+                continue;
+            }
             json.push(',');
             write_json_str(&mut json, k);
             json.push(':');
@@ -835,7 +839,7 @@ mod tests {
     }
 
     #[test]
-    fn a_staleness_marker_removes_the_feature_from_later_events() {
+    fn a_series_that_ended_keeps_its_last_value_so_the_columns_stay_the_same() {
         let mut c = Converter::new(Config::default());
         let mut d = Drops::default();
         c.ingest(
@@ -850,8 +854,8 @@ mod tests {
             &mut d,
         );
         let v = json(&out[0]);
-        assert!(v.get("b").is_none());
-        assert_eq!(c.series(), 1);
+        assert_eq!((v["a"].as_f64(), v["b"].as_f64()), (Some(2.0), Some(1.0)));
+        assert_eq!(c.series(), 2);
         assert_eq!(d, Drops::default());
     }
 

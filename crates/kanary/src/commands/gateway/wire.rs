@@ -122,9 +122,11 @@ pub fn family_types(req: &WriteRequest) -> Vec<(String, Kind)> {
     req.metadata
         .iter()
         .filter_map(|m| {
+            // A histogram's or summary's own name is its quantiles (gauges); its `_sum` and
+            // `_count` are counters by their suffix, its `_bucket` is skipped.
             let kind = match m.r#type {
-                1 | 3 | 5 => Kind::Counter,
-                2 | 4 | 6 | 7 => Kind::Gauge,
+                1 => Kind::Counter,
+                2..=7 => Kind::Gauge,
                 _ => return None,
             };
             Some((m.metric_family_name.clone(), kind))
