@@ -7,7 +7,8 @@
 #   SKIP_LINT=1 scripts/test.sh   # without fmt/clippy (quicker while iterating)
 #
 # Stages: system packages -> fmt + clippy -> unit, property and CLI tests -> Kafka end-to-end
-# tests (+ Prometheus, promtool, dashboard queries) -> deployment files -> live page and eval
+# tests (+ Prometheus, promtool, dashboard queries) and the gateway's -> real telemetry through
+# the gateway (scripts/gateway_test.sh) -> deployment files -> live page and eval
 # report in headless Chromium -> Isolation Forest parity with scikit-learn -> NAB score ->
 # every model on the shipped cut of the real services set -> TLS + SCRAM broker. The compose
 # stack test (after the deployment files) builds local Docker images and starts dockerd if needed.
@@ -43,6 +44,11 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 command -v dockerd >/dev/null || missing+=(docker.io)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
+# Real telemetry through the gateway (scripts/gateway_test.sh).
+command -v prometheus-node-exporter >/dev/null || missing+=(prometheus-node-exporter)
+command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
+command -v stress-ng >/dev/null || missing+=(stress-ng)
+command -v kcat >/dev/null || missing+=(kcat)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   SUDO=""
@@ -89,6 +95,8 @@ step "kanary gateway against Kafka (remote write, OTLP, refusals, outage, TLS)"
 KANARY_TEST_BROKERS="127.0.0.1:$KAFKA_PORT" \
   cargo test --release -p kanary --test gateway -- --include-ignored --test-threads=1
 "$ROOT/scripts/kafka.sh" stop
+step "real telemetry: node exporter -> Prometheus -> gateway -> Kafka -> detect -> Alertmanager, stress-ng, OTLP, outage (scripts/gateway_test.sh)"
+KANARY="$KANARY" "$ROOT/scripts/gateway_test.sh"
 
 # --- 5. Deployment files -----------------------------------------------------------------------
 step "deployment files (compose, Kubernetes, Prometheus rules, Grafana)"

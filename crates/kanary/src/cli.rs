@@ -561,10 +561,11 @@ pub struct GatewayArgs {
     #[arg(long, env = "KANARY_MAX_SERIES", default_value_t = 100_000, value_parser = positive)]
     pub max_series: usize,
     /// Features per entity; beyond it new series are dropped and counted (feature_limit).
-    #[arg(long, env = "KANARY_MAX_ENTITY_FEATURES", default_value_t = 1_000, value_parser = positive)]
+    #[arg(long, env = "KANARY_MAX_ENTITY_FEATURES", default_value_t = 400, value_parser = positive)]
     pub max_entity_features: usize,
-    /// Seconds a feature stays in its entity's events after its last sample (its last value
-    /// is carried until then).
+    /// Seconds an entity is kept without a sample (sample time, checked every 30 s); then it
+    /// is forgotten and its next sample starts it afresh. Until then every feature it has
+    /// carries its last value in its events.
     #[arg(
         long,
         env = "KANARY_STALE_AFTER",

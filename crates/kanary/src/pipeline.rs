@@ -445,7 +445,7 @@ impl Pipeline {
         let mut training = false;
         let mut last_latency = None;
         let mut last_error: HashMap<&str, f64> = HashMap::new();
-        // Per service: threshold, score and whether its alarm holds, of its last scored event.
+        // Per service: threshold, score and whether it is anomalous, of its last scored event.
         let mut last_threshold: HashMap<&str, (f64, f64, bool)> = HashMap::new();
         let mut recent = Vec::new();
         let mut anomalies = Vec::new();
@@ -503,7 +503,12 @@ impl Pipeline {
                     if r.kind.spec().reconstruction_error {
                         last_error.insert(ev.service.as_str(), s.score);
                     }
-                    last_threshold.insert(ev.service.as_str(), (s.threshold, s.score, s.flagged));
+                    // Anomalous: flagged, or the score still at or above the threshold (codev's held
+                    // episode score stays there through an incident, past its alarm's last page).
+                    last_threshold.insert(
+                        ev.service.as_str(),
+                        (s.threshold, s.score, s.flagged || s.score >= s.threshold),
+                    );
                     if let Some(l) = ev.label {
                         r.confusion.record(s.flagged, l);
                     }

@@ -49,9 +49,15 @@ struct Sample {
     timestamp: i64,
 }
 
+/// One series of a request: name, extra labels, value.
+type Series<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+
+/// A refusal case: reason, path, headers, body, status.
+type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16);
+
 /// A snappy remote-write body: `(name, extra labels, value)` for job `node`, instance `h1`,
 /// all at `ts_ms`.
-fn remote_write(ts_ms: i64, series: &[(&str, &[(&str, &str)], f64)]) -> Vec<u8> {
+fn remote_write(ts_ms: i64, series: &[Series]) -> Vec<u8> {
     let req = WriteRequest {
         timeseries: series
             .iter()
@@ -310,11 +316,11 @@ fn unusable_bodies_get_their_4xx_and_nothing_is_produced() {
     let gw = Gw::start(&brokers(), &topic, &dir, &["--max-body", "4KiB"]);
     let json = [("Content-Type", "application/json")];
     let proto = [("Content-Type", "application/x-protobuf")];
-    let big: Vec<(&str, &[(&str, &str)], f64)> = vec![("node_load1", &[], 1.0); 400];
+    let big: Vec<Series> = vec![("node_load1", &[], 1.0); 400];
     let garbage_proto = snap::raw::Encoder::new()
         .compress_vec(b"\x0a\xff\xff\xff\xff\x0f")
         .unwrap();
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "corrupt_body",
             "/api/v1/write",

@@ -57,8 +57,10 @@ const INV_EVERY: u64 = 288;
 /// Tail fraction of the threshold extrapolation, and the floor of the thresholds.
 const TAIL: f64 = 0.02;
 const FLOOR: f64 = 3.0;
-/// Events whose timestamps give the stream's events per day.
-const PROBE: usize = 500;
+/// Events whose timestamps give the stream's events per day (their median gap). Fewer than
+/// the warm-up needs anyway, so no event that could be scored waits for it: at one event a
+/// second (a node scraped every second) the first minute.
+const PROBE: usize = 60;
 /// Scales, MADs and thresholds are refreshed every this many events.
 const REFRESH: u64 = 12;
 /// Histogram: bin 0 for x <= 1e-4, 160 bins of 1/8 decade from 1e-4, one overflow bin.
@@ -969,7 +971,7 @@ mod tests {
 
     /// The port against the reference implementation's outputs, from event `from` on (the
     /// reference knows the events per day in advance; the port learns them from the first
-    /// 500 events and judges none of those).
+    /// `PROBE` events and judges none of those).
     fn check_vectors(text: &str, ts: impl Fn(usize) -> f64) {
         let (m, rows) = vectors(text);
         let mut c = Codev::new(CodevParams::default(), m);
