@@ -26,6 +26,10 @@
 #   6. Kafka outage: the broker is stopped for GATEWAY_TEST_OUTAGE s (then restarted keeping its
 #      topics); the gateway answers 503 meanwhile, Prometheus retries (its retry counters
 #      grow), and afterwards no two consecutive node events are more than 3 s apart
+#   7. TLS and backfill: Prometheus also remote-writes over HTTPS (the test's own CA, openssl)
+#      to a second gateway, whose topic gets the node's events; a third gateway started with
+#      --backfill-from Prometheus --backfill-range 2m --backfill-step 1s writes about 120
+#      events of the node before it is ready, with the same features as the live events
 #   plus the dead-letter topic of detect holding no record, and a summary table.
 #
 # Needs (a missing one is an error, never a skip): the kanary binary with `gateway`, java and
@@ -51,6 +55,7 @@
 #                                 fail the script; 0 (default): they are measured and
 #                                 reported as MISS, not failed (the default model does not
 #                                 meet them yet at one scrape a second: docs/telemetry.md)
+#   GATEWAY_TEST_HOLD             detect --anomalous-hold in seconds (default 60)
 #   GATEWAY_TEST_DETECT_ARGS      extra arguments of `kanary detect`, word-split, e.g.
 #                                 "--model zscore" (default none: detect's default model)
 #   KANARY_CACHE                  scripts/kafka.sh's jar cache (default ~/.cache/kanary)
@@ -72,6 +77,9 @@ RESOLVE_TIMEOUT=${GATEWAY_TEST_RESOLVE_TIMEOUT:-300}
 OUTAGE=${GATEWAY_TEST_OUTAGE:-20}
 DETECT_ARGS=${GATEWAY_TEST_DETECT_ARGS:-}
 STRICT_DETECTION=${GATEWAY_TEST_STRICT_DETECTION:-0}
+# detect --anomalous-hold: the alert's gauge stays 1 this long after an alarm starts (the
+# default, 300 s, would make the resolved notification come 5 minutes after the stress).
+HOLD=${GATEWAY_TEST_HOLD:-60}
 
 KAFKA_PORT=19092
 KAFKA_CONTROLLER_PORT=19095 # kafka.sh's default (KAFKA_PORT + 1) is Alertmanager's port
@@ -84,6 +92,11 @@ WEBHOOK_PORT=19094
 
 BROKER="127.0.0.1:$KAFKA_PORT"
 GATEWAY="http://127.0.0.1:$GATEWAY_PORT"
+GATEWAY_TLS_PORT=19202
+GATEWAY_TLS="https://127.0.0.1:$GATEWAY_TLS_PORT"
+TOPIC_TLS=gateway-events-tls
+TOPIC_BACKFILL=gateway-backfill
+BACKFILL_PORT=19203
 PROM="http://127.0.0.1:$PROM_PORT"
 TOPIC=gateway-events
 ANOMALIES=gateway-anomalies
@@ -118,7 +131,7 @@ since() { span "$1" "$(now)"; }
 # left SECONDS T: what remains of SECONDS counted from T (0 if none)
 left() { awk -v d="$1" -v a="$2" -v b="$(now)" 'BEGIN { l = d - (b - a); printf "%.1f\n", (l > 0 ? l : 0) }'; }
 
-for v in TRAIN CALM STRESS RESOLVE_TIMEOUT OUTAGE; do
+for v in TRAIN CALM STRESS RESOLVE_TIMEOUT OUTAGE HOLD; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "GATEWAY_TEST_$v must be whole seconds, got '${!v}'"
 done
 
@@ -408,11 +421,41 @@ remote_write:
       min_backoff: 100ms
       max_backoff: 1s
 EOF
+    # The same samples over HTTPS to a second gateway: Prometheus trusts only the test's CA.
+    cat >>"$WORK/prometheus.yml" <<EOF
+  - url: $GATEWAY_TLS/api/v1/write
+    name: kanary-gateway-tls
+    authorization:
+      credentials_file: $TOKEN_FILE
+    tls_config:
+      ca_file: $WORK/tls/ca.crt
+    queue_config:
+      batch_send_deadline: 1s
+      max_shards: 2
+      min_backoff: 100ms
+      max_backoff: 1s
+EOF
+    make_certs
     promtool check config "$WORK/prometheus.yml" >"$WORK/promtool.log" 2>&1 ||
         { show_tail "$WORK/promtool.log"; die "promtool check config $WORK/prometheus.yml failed"; }
 }
 
 # --------------------------------------------------------------------------- 1. the stack
+# A CA and a server certificate for 127.0.0.1 signed by it (openssl).
+make_certs() {
+    local d="$WORK/tls"
+    mkdir -p "$d"
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$d/san.ext"
+    {
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=kanary gateway test CA" \
+            -keyout "$d/ca.key" -out "$d/ca.crt" &&
+            openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$d/server.key" \
+                -out "$d/server.csr" &&
+            openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" \
+                -CAcreateserial -days 2 -extfile "$d/san.ext" -out "$d/server.crt"
+    } >"$d/openssl.log" 2>&1 || { show_tail "$d/openssl.log"; die "openssl could not make the test certificates"; }
+}
+
 check_stack() {
     step "1. the stack: Kafka, node exporter, gateway, detect, Alertmanager, webhook, Prometheus"
     KAFKA_STARTED=1
@@ -433,12 +476,23 @@ check_stack() {
     start gateway "$KANARY" gateway --listen "127.0.0.1:$GATEWAY_PORT" --brokers "$BROKER" \
         --topic "$TOPIC" --entity-labels job,instance "${include[@]}" --auth-token-file "$TOKEN_FILE"
     wait_http gateway "$GATEWAY/readyz" 60
+    kafka topics --create --if-not-exists --topic "$TOPIC_TLS" --partitions 1 --replication-factor 1 \
+        >>"$WORK/kafka-script.log" 2>&1 || die "cannot create topic $TOPIC_TLS"
+    start gateway-tls "$KANARY" gateway --listen "127.0.0.1:$GATEWAY_TLS_PORT" --brokers "$BROKER" \
+        --topic "$TOPIC_TLS" "${include[@]}" --auth-token-file "$TOKEN_FILE" \
+        --tls-cert "$WORK/tls/server.crt" --tls-key "$WORK/tls/server.key"
+    local i
+    for i in $(seq 1 60); do
+        curl -fsS --max-time 2 --cacert "$WORK/tls/ca.crt" "$GATEWAY_TLS/readyz" >/dev/null 2>&1 && break
+        ((i < 60)) || die "the TLS gateway did not get ready (log ${PLOGS[gateway-tls]})"
+        sleep 0.5
+    done
 
     rm -rf "$WORK/state"
     # shellcheck disable=SC2086  # word splitting of DETECT_ARGS is intended
     start detect "$KANARY" detect --brokers "$BROKER" --topic "$TOPIC" --group "$GROUP" \
         --metrics-addr "127.0.0.1:$DETECT_PORT" --anomalies-topic "$ANOMALIES" --dlq-topic "$DLQ" \
-        --state-dir "$WORK/state" --train "$TRAIN" $DETECT_ARGS
+        --state-dir "$WORK/state" --train "$TRAIN" --anomalous-hold "$HOLD" $DETECT_ARGS
     # Not /readyz: detect is ready only once its models are fitted, after the calm period.
     wait_http detect "http://127.0.0.1:$DETECT_PORT/healthz" 60
 
@@ -661,6 +715,38 @@ summary() {
     log "all checks passed ($((SECONDS - started)) s)"
 }
 
+# --------------------------------------------------------------------------- 7. TLS, backfill
+check_tls() {
+    step "7. Prometheus remote-writing over HTTPS (test CA, token) to a second gateway"
+    consume "$TOPIC_TLS" "$WORK/events-tls.jsonl" keyed
+    local n ok plain
+    n=$(grep -c "\"service\":\"$NODE_ENTITY\"" "$WORK/events-tls.jsonl" || true)
+    ok=$(curl -fsS --max-time 5 --cacert "$WORK/tls/ca.crt" "$GATEWAY_TLS/metrics" |
+        awk '$1 ~ /^gateway_requests_total\{.*code="204"/ { s += $NF } END { printf "%.0f", s }')
+    # Without the CA a client refuses the server.
+    if curl -fsS --max-time 5 "$GATEWAY_TLS/healthz" >/dev/null 2>&1; then plain=accepted; else plain=refused; fi
+    if ((n >= 100 && ok >= 10)) && [[ $plain == refused ]]; then
+        pass "7 tls: $n node events through the HTTPS gateway from $ok remote writes; a client without the CA is refused"
+    else
+        fail "7 tls: $n node events, $ok remote writes answered 204 over HTTPS; a client without the CA: $plain"
+    fi
+}
+
+check_backfill() {
+    step "7. --backfill-from: the last 2 minutes from Prometheus, before live writes"
+    local -a include=()
+    local t
+    for t in "${INCLUDE[@]}"; do include+=(--include "$t"); done
+    start gateway-backfill "$KANARY" gateway --listen "127.0.0.1:$BACKFILL_PORT" --brokers "$BROKER" \
+        --topic "$TOPIC_BACKFILL" --partitions 1 "${include[@]}" \
+        --backfill-from "$PROM" --backfill-range 2m --backfill-step 1s
+    wait_http gateway-backfill "http://127.0.0.1:$BACKFILL_PORT/readyz" 60
+    consume "$TOPIC_BACKFILL" "$WORK/events-backfill.jsonl" keyed
+    consume "$TOPIC" "$WORK/events-all.jsonl" keyed
+    check 7 analyze backfill --backfill "$WORK/events-backfill.jsonl" --live "$WORK/events-all.jsonl" \
+        --entity "$NODE_ENTITY" --min-events 100 || true
+}
+
 preflight
 write_configs
 check_stack
@@ -670,4 +756,6 @@ check_alert
 check_otel
 check_outage
 check_dead_letters
+check_tls
+check_backfill
 summary

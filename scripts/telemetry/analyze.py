@@ -11,6 +11,7 @@
     analyze.py otel        --events F --sent F --entity E
     analyze.py gaps        --events F --entity E --max-gap S --outage-start T --outage-end T
                            [--live-after S]
+    analyze.py backfill    --backfill F --live F --entity E [--min-events N] [--gauge NAME]
 
 Inputs: topic dumps written by `kcat -C -e -f '%k\\t%s\\n'` (events, key then value) or
 `-f '%s\\n'` (anomalies); the webhook receiver's file; polls of Prometheus' /api/v1/alerts
@@ -387,6 +388,50 @@ def cmd_gaps(a) -> int:
     )
 
 
+# ------------------------------------------------------------------------------- backfill
+def cmd_backfill(a) -> int:
+    """The backfilled events: enough of them, one per step, the live events' features, and
+    a gauge equal to the live value of the scrape each step falls after (Prometheus evaluates
+    a range query at the step from the last sample before it)."""
+    back, invalid = load_records(a.backfill, keyed=True)
+    live, _ = load_records(a.live, keyed=True)
+    back = sorted((r for _, r in back if r.get("service") == a.entity), key=lambda r: r["ts"])
+    live = sorted((r for _, r in live if r.get("service") == a.entity), key=lambda r: r["ts"])
+    if not back or not live:
+        return verdict(False, f"backfill: {len(back)} backfilled and {len(live)} live events for {a.entity}")
+    steps = sorted({round(back[i]["ts"] - back[i - 1]["ts"], 3) for i in range(1, len(back))})
+    want = set(features_of(live[-1]))
+    differ = [r["ts"] for r in back if set(features_of(r)) != want]
+    same, compared = 0, 0
+    lts = [r["ts"] for r in live]
+    import bisect
+    for r in back:
+        i = bisect.bisect_right(lts, r["ts"]) - 1
+        if i < 0 or a.gauge not in r or a.gauge not in live[i]:
+            continue
+        compared += 1
+        same += live[i][a.gauge] == r[a.gauge]
+    detail(f"{len(back)} backfilled events for {a.entity}, {fmt_t(back[0]['ts'])} to {fmt_t(back[-1]['ts'])}; steps {steps[:5]}")
+    detail(f"{a.gauge}: equal to the live value in {same} of {compared} events")
+    problems = []
+    if len(back) < a.min_events:
+        problems.append(f"only {len(back)} events (want {a.min_events})")
+    if steps != [1.0]:
+        problems.append(f"steps {steps[:5]} (want 1 s)")
+    if differ:
+        problems.append(f"{len(differ)} events with other features than the live ones")
+    if compared == 0 or same < 0.9 * compared:
+        problems.append(f"{a.gauge} equal in {same} of {compared}")
+    if invalid:
+        problems.append(f"{invalid} records not strict JSON")
+    return verdict(
+        not problems,
+        f"backfill: {len(back)} events of {a.entity} from Prometheus, 1 s apart, the live features, "
+        f"{a.gauge} equal to the live value in {same} of {compared}"
+        + (f"; {'; '.join(problems)}" if problems else ""),
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -449,6 +494,14 @@ def main() -> int:
     p.add_argument("--outage-end", type=float, required=True)
     p.add_argument("--live-after", type=float, default=10)
     p.set_defaults(fn=cmd_gaps)
+
+    p = sub.add_parser("backfill")
+    p.add_argument("--backfill", required=True)
+    p.add_argument("--live", required=True)
+    p.add_argument("--entity", required=True)
+    p.add_argument("--min-events", type=int, default=100)
+    p.add_argument("--gauge", default="node_load1")
+    p.set_defaults(fn=cmd_backfill)
 
     a = ap.parse_args()
     try:

@@ -497,6 +497,11 @@ pub struct DetectArgs {
     /// under service="_other" [default: 200].
     #[arg(long, env = "KANARY_MAX_SERVICE_SERIES", value_name = "N")]
     pub max_service_series: Option<usize>,
+    /// Seconds detector_service_anomalous stays 1 after a service's alarm starts (also while
+    /// its events are flagged or its score is at or above its threshold), so that scrapes
+    /// see it and alerts can wait with `for` [default: 300].
+    #[arg(long, env = "KANARY_ANOMALOUS_HOLD", value_name = "SECONDS")]
+    pub anomalous_hold: Option<f64>,
     /// Seconds to wait at start for a Kafka broker to answer; after that, exit non-zero with
     /// the last error librdkafka reported. HTTP (/healthz, /readyz) answers meanwhile
     /// [default: 60].

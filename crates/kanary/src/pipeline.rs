@@ -79,6 +79,8 @@ struct Runner {
     services: HashMap<String, (Counter, Counter)>,
     /// The handles of every other service (`service="_other"`).
     other: (Counter, Counter),
+    /// When (wall clock) each service with its own series last started an alarm.
+    alarm_at: HashMap<String, f64>,
     info: Option<ModelInfo>,
     outcomes: Vec<Outcome>,
 }
@@ -88,6 +90,8 @@ pub struct Pipeline {
     runners: Vec<Runner>,
     /// Services per model with their own `service` label; the rest share `_other`.
     max_service_series: usize,
+    /// Seconds `detector_service_anomalous` stays 1 after an alarm starts.
+    anomalous_hold: f64,
     /// Brings an evicted service's saved state back (`detect`); see [`Pipeline::set_restore`].
     restore: Option<Restore>,
     metrics: Arc<Metrics>,
@@ -125,11 +129,13 @@ impl Pipeline {
                     ),
                     info: None,
                     outcomes: Vec::new(),
+                    alarm_at: HashMap::new(),
                 }
             })
             .collect();
         Pipeline {
             max_service_series: MAX_SERVICE_SERIES,
+            anomalous_hold: 0.0,
             restore: None,
             runners,
             metrics,
@@ -143,6 +149,13 @@ impl Pipeline {
     /// Services per model with their own `service` label on `/metrics`.
     pub fn set_max_service_series(&mut self, n: usize) {
         self.max_service_series = n;
+    }
+
+    /// `detector_service_anomalous` stays 1 for `seconds` after each alarm start, so that a
+    /// scrape (every 15 s or so) sees it and an alert's `for` can hold, however short the
+    /// alarm is in events.
+    pub fn set_anomalous_hold(&mut self, seconds: f64) {
+        self.anomalous_hold = seconds.max(0.0);
     }
 
     /// Before each batch, services not in memory are looked up with `restore`.
@@ -435,6 +448,7 @@ impl Pipeline {
     ) -> bool {
         let metrics = &self.metrics;
         let max_series = self.max_service_series;
+        let hold = self.anomalous_hold;
         let r = &mut self.runners[ri];
         let model = r.kind.name();
         let mut invalid = parse_invalid.clone();
@@ -466,6 +480,9 @@ impl Pipeline {
                 continue;
             }
             valid += 1;
+            // Whether the service has (or now gets) its own series.
+            let own_series =
+                r.services.contains_key(ev.service.as_str()) || r.services.len() < max_series;
             let svc = match r.services.get(ev.service.as_str()) {
                 Some(h) => h,
                 None if r.services.len() >= max_series => &r.other,
@@ -522,6 +539,9 @@ impl Pipeline {
                     // One record per alarm: a model that holds an alarm on flags every event
                     // of it but starts it once.
                     if s.alarm_start {
+                        if own_series {
+                            r.alarm_at.insert(ev.service.clone(), now);
+                        }
                         flagged_n += 1;
                         svc.1.inc();
                         let m = &msgs[mi];
@@ -581,7 +601,10 @@ impl Pipeline {
                 })
                 .set(*e);
         }
-        for (service, (t, score, flagged)) in &last_threshold {
+        r.alarm_at.retain(|s, _| r.services.contains_key(s));
+        for (service, (t, score, anomalous)) in &last_threshold {
+            let held = r.alarm_at.get(*service).is_some_and(|at| now - at < hold);
+            let anomalous = *anomalous || held;
             let l = ModelService {
                 model: model.to_string(),
                 service: service.to_string(),
@@ -591,7 +614,7 @@ impl Pipeline {
             metrics
                 .service_anomalous
                 .get_or_create_owned(&l)
-                .set(i64::from(*flagged));
+                .set(i64::from(anomalous));
         }
         if r.kind.is_streaming() && scored > 0 && r.info.is_none() {
             // A streaming model exists from its first scored event.
@@ -789,6 +812,7 @@ mod tests {
             "threshold",
             "features",
             "contributions",
+            "labels",
             "label",
             "partition",
             "offset",
@@ -806,5 +830,60 @@ mod tests {
             .max_by(|a, b| a.1.as_f64().unwrap().total_cmp(&b.1.as_f64().unwrap()))
             .unwrap();
         assert_eq!(top.0, "cpu");
+    }
+
+    /// `detector_service_anomalous{service}` after one batch at wall time `now`.
+    fn anomalous(metrics: &Metrics, service: &str) -> String {
+        let text = metrics.encode();
+        let prefix =
+            format!("detector_service_anomalous{{model=\"zscore\",service=\"{service}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or("missing")
+            .to_string()
+    }
+
+    #[test]
+    fn the_anomalous_gauge_holds_for_the_hold_after_an_alarm_starts_and_then_clears() {
+        let (mut p, metrics) = pipeline(&[ModelKind::named("zscore").unwrap()], 100);
+        p.set_anomalous_hold(60.0);
+        let mut sim = Simulator::new(Scenario::Seed, 3, DEFAULT_START_TS);
+        let mut batch = |events: Vec<Event>, now: f64| {
+            let payloads: Vec<String> = events.iter().map(|e| e.to_json()).collect();
+            let msgs: Vec<Message> = payloads
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Message {
+                    payload: s.as_bytes(),
+                    key: None,
+                    partition: 0,
+                    offset: i as i64,
+                })
+                .collect();
+            let mut out = BatchOutput::default();
+            p.process(&msgs, now, &mut out);
+            out.anomalies.len()
+        };
+        let t0 = DEFAULT_START_TS + 100.0;
+        // Training, then one wild event: an alarm starts.
+        batch((&mut sim).take(101).collect(), t0);
+        let odd = Event::new(t0, "default")
+            .with_field("latency", 900.0)
+            .with_field("cpu", 99.0)
+            .with_field("memory", 5000.0);
+        assert_eq!(batch(vec![odd], t0), 1);
+        assert_eq!(anomalous(&metrics, "default"), "1");
+        // Ordinary events 30 s later: still within the hold.
+        let normal = |sim: &mut Simulator| {
+            sim.by_ref()
+                .filter(|e| e.label != Some(true))
+                .take(5)
+                .collect::<Vec<_>>()
+        };
+        batch(normal(&mut sim), t0 + 30.0);
+        assert_eq!(anomalous(&metrics, "default"), "1");
+        // After the hold, the next ordinary events clear it.
+        batch(normal(&mut sim), t0 + 61.0);
+        assert_eq!(anomalous(&metrics, "default"), "0");
     }
 }

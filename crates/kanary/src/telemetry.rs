@@ -292,8 +292,8 @@ impl Metrics {
         );
         registry.register(
             SERVICE_ANOMALOUS,
-            "1 while the service is anomalous: its last event flagged, or its score at or above \
-             its threshold (codev's episode score stays there through an incident), else 0",
+            "1 while the service is anomalous: its last event flagged, its score at or above its \
+             threshold, or an alarm started within --anomalous-hold seconds; else 0",
             m.service_anomalous.clone(),
         );
         let m = Metrics { registry, ..m };

@@ -70,6 +70,7 @@ pub struct Settings {
     pub max_service_series: usize,
     /// How long to wait at start for a broker to answer before exiting non-zero.
     pub startup_timeout: Duration,
+    pub anomalous_hold: f64,
     pub http: Limits,
 }
 
@@ -110,6 +111,10 @@ impl Settings {
             }
             Ok(Duration::from_secs_f64(v))
         };
+        let anomalous_hold = a.anomalous_hold.unwrap_or(300.0);
+        if !(anomalous_hold >= 0.0 && anomalous_hold.is_finite()) {
+            bail!("--anomalous-hold must be a number of seconds >= 0");
+        }
         let startup_timeout = seconds(
             "startup-timeout",
             a.startup_timeout.or(file.startup_timeout),
@@ -142,6 +147,7 @@ impl Settings {
                 .or(file.max_service_series)
                 .unwrap_or(crate::pipeline::MAX_SERVICE_SERIES),
             startup_timeout,
+            anomalous_hold,
             http,
             brokers,
             topic: pick(&a.topic, &file.topic, "service-metrics"),
@@ -326,6 +332,7 @@ async fn run_service(
         pipeline.set_restore(Box::new(move |kind, service| store.get(kind, service)));
     }
     pipeline.set_max_service_series(s.max_service_series);
+    pipeline.set_anomalous_hold(s.anomalous_hold);
     readiness.models_ready.store(
         pipeline.has_models_or(|k| store.count(k) > 0),
         Ordering::Release,
