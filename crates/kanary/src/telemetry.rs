@@ -333,11 +333,16 @@ impl Metrics {
     /// `_total` suffix and the text ends with `# EOF`; the Prometheus format declares the
     /// sample name itself. Lines are rewritten accordingly.
     pub fn encode(&self) -> String {
-        let mut om = String::with_capacity(16 * 1024);
-        // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut om, &self.registry);
-        openmetrics_to_prometheus(&om)
+        encode_registry(&self.registry)
     }
+}
+
+/// A registry in the Prometheus text format (see [`Metrics::encode`]).
+fn encode_registry(registry: &Registry) -> String {
+    let mut om = String::with_capacity(16 * 1024);
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut om, registry);
+    openmetrics_to_prometheus(&om)
 }
 
 /// Content type of [`Metrics::encode`]'s output.
@@ -436,10 +441,6 @@ pub const GATEWAY_DROP_REASONS: [&str; 10] = [
     "no_interval",
 ];
 
-fn request_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
-}
-
 impl GatewayMetrics {
     pub fn new() -> Arc<Self> {
         use names::*;
@@ -452,7 +453,7 @@ impl GatewayMetrics {
             events: Counter::default(),
             series: Gauge::default(),
             entities: Gauge::default(),
-            duration: Family::new_with_constructor(request_histogram),
+            duration: Family::new_with_constructor(latency_histogram),
         };
         let mut registry = Registry::default();
         registry.register(
@@ -513,9 +514,7 @@ impl GatewayMetrics {
 
     /// Every metric in the Prometheus text format, as [`Metrics::encode`].
     pub fn encode(&self) -> String {
-        let mut om = String::with_capacity(8 * 1024);
-        let _ = prometheus_client::encoding::text::encode(&mut om, &self.registry);
-        openmetrics_to_prometheus(&om)
+        encode_registry(&self.registry)
     }
 }
 

@@ -243,16 +243,13 @@ pub fn otlp_series(req: ExportMetricsServiceRequest, drops: &mut Drops) -> Vec<S
                         samples: vec![(t, v)],
                     });
                 };
-                // A delta point becomes a per-second rate over its own interval.
-                let delta_rate = |start: u64, time: u64, v: f64| {
-                    (time > start && start > 0).then(|| v * 1e9 / (time - start) as f64)
-                };
                 let number =
                     |p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint| match p.value {
                         Some(number_data_point::Value::AsDouble(d)) => Some(d),
                         Some(number_data_point::Value::AsInt(i)) => Some(i as f64),
                         None => None,
                     };
+                let is_delta = |t: i32| t == AggregationTemporality::Delta as i32;
                 match data {
                     Data::Gauge(g) => {
                         for p in &g.data_points {
@@ -268,82 +265,51 @@ pub fn otlp_series(req: ExportMetricsServiceRequest, drops: &mut Drops) -> Vec<S
                         }
                     }
                     Data::Sum(s) => {
-                        let delta =
-                            s.aggregation_temporality == AggregationTemporality::Delta as i32;
+                        let delta = is_delta(s.aggregation_temporality);
                         for p in &s.data_points {
                             let Some(v) = number(p) else { continue };
                             let t = ms(p.time_unix_nano);
                             if !s.is_monotonic {
                                 push(m.name.clone(), &p.attributes, Kind::Gauge, t, v);
-                            } else if !delta {
-                                push(m.name.clone(), &p.attributes, Kind::Counter, t, v);
-                            } else if let Some(r) =
-                                delta_rate(p.start_time_unix_nano, p.time_unix_nano, v)
+                            } else if let Some((kind, v)) =
+                                monotonic(delta, p.start_time_unix_nano, p.time_unix_nano, v)
                             {
-                                push(m.name.clone(), &p.attributes, Kind::Rate, t, r);
+                                push(m.name.clone(), &p.attributes, kind, t, v);
                             } else {
                                 drops.add("no_interval", 1);
                             }
                         }
                     }
                     Data::Histogram(h) => {
-                        let delta =
-                            h.aggregation_temporality == AggregationTemporality::Delta as i32;
+                        let delta = is_delta(h.aggregation_temporality);
                         for p in &h.data_points {
-                            let t = ms(p.time_unix_nano);
-                            let parts = [
-                                ("_count", p.count as f64),
-                                ("_sum", p.sum.unwrap_or(f64::NAN)),
-                            ];
-                            count_sum(
-                                &mut push,
-                                drops,
-                                &m.name,
-                                &p.attributes,
-                                t,
-                                delta,
-                                p.start_time_unix_nano,
-                                p.time_unix_nano,
-                                parts,
-                            );
+                            let point =
+                                (&p.attributes[..], p.start_time_unix_nano, p.time_unix_nano);
+                            let parts = [p.count as f64, p.sum.unwrap_or(f64::NAN)];
+                            count_sum(&mut push, drops, &m.name, point, delta, parts);
                         }
                     }
                     Data::ExponentialHistogram(h) => {
-                        let delta =
-                            h.aggregation_temporality == AggregationTemporality::Delta as i32;
+                        let delta = is_delta(h.aggregation_temporality);
                         for p in &h.data_points {
-                            let t = ms(p.time_unix_nano);
-                            let parts = [
-                                ("_count", p.count as f64),
-                                ("_sum", p.sum.unwrap_or(f64::NAN)),
-                            ];
-                            count_sum(
-                                &mut push,
-                                drops,
-                                &m.name,
-                                &p.attributes,
-                                t,
-                                delta,
-                                p.start_time_unix_nano,
-                                p.time_unix_nano,
-                                parts,
-                            );
+                            let point =
+                                (&p.attributes[..], p.start_time_unix_nano, p.time_unix_nano);
+                            let parts = [p.count as f64, p.sum.unwrap_or(f64::NAN)];
+                            count_sum(&mut push, drops, &m.name, point, delta, parts);
                         }
                     }
                     Data::Summary(s) => {
                         for p in &s.data_points {
                             let t = ms(p.time_unix_nano);
-                            let parts = [("_count", p.count as f64), ("_sum", p.sum)];
+                            let point =
+                                (&p.attributes[..], p.start_time_unix_nano, p.time_unix_nano);
                             count_sum(
                                 &mut push,
                                 drops,
                                 &m.name,
-                                &p.attributes,
-                                t,
+                                point,
                                 false,
-                                p.start_time_unix_nano,
-                                p.time_unix_nano,
-                                parts,
+                                [p.count as f64, p.sum],
                             );
                             for q in &p.quantile_values {
                                 let mut a = p.attributes.clone();
@@ -367,31 +333,35 @@ pub fn otlp_series(req: ExportMetricsServiceRequest, drops: &mut Drops) -> Vec<S
     out
 }
 
-/// `<name>_count` and `<name>_sum` of a histogram or summary point: counters when
-/// cumulative, rates over the point's interval when delta. A missing sum is skipped.
-#[allow(clippy::too_many_arguments)]
+/// A monotonic value: a counter when cumulative; when delta, a per-second rate over the
+/// point's own interval (`None` without one).
+fn monotonic(delta: bool, start: u64, time: u64, v: f64) -> Option<(Kind, f64)> {
+    if !delta {
+        Some((Kind::Counter, v))
+    } else if time > start && start > 0 {
+        Some((Kind::Rate, v * 1e9 / (time - start) as f64))
+    } else {
+        None
+    }
+}
+
+/// `<name>_count` and `<name>_sum` of a histogram or summary point `(attributes, start,
+/// time)`, as [`monotonic`] values. A missing sum (NaN) is skipped.
 fn count_sum(
     push: &mut impl FnMut(String, &[KeyValue], Kind, i64, f64),
     drops: &mut Drops,
     name: &str,
-    attrs: &[KeyValue],
-    t: i64,
+    (attrs, start, time): (&[KeyValue], u64, u64),
     delta: bool,
-    start: u64,
-    time: u64,
-    parts: [(&str, f64); 2],
+    [count, sum]: [f64; 2],
 ) {
-    for (suffix, v) in parts {
+    for (suffix, v) in [("_count", count), ("_sum", sum)] {
         if v.is_nan() {
             continue;
         }
-        let full = format!("{name}{suffix}");
-        if !delta {
-            push(full, attrs, Kind::Counter, t, v);
-        } else if time > start && start > 0 {
-            push(full, attrs, Kind::Rate, t, v * 1e9 / (time - start) as f64);
-        } else {
-            drops.add("no_interval", 1);
+        match monotonic(delta, start, time, v) {
+            Some((kind, v)) => push(format!("{name}{suffix}"), attrs, kind, ms(time), v),
+            None => drops.add("no_interval", 1),
         }
     }
 }
