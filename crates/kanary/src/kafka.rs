@@ -14,6 +14,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 
+use crate::commands::Shutdown;
 use crate::http::Readiness;
 
 /// The same message is logged at most once per this interval; the next one says how many
@@ -187,6 +188,54 @@ pub fn parse_opt(o: &str) -> Result<(&str, &str)> {
         _ => bail!(
             "invalid Kafka option `{o}`: expected key=value (e.g. security.protocol=SASL_SSL)"
         ),
+    }
+}
+
+/// Waits at start until `fetch` (a metadata request of at most 1 s, run on a blocking
+/// thread) succeeds: `Ok(true)`, and the brokers count as up. `Ok(false)` if `shutdown` came
+/// first. After `timeout` (--startup-timeout), an error naming the last error librdkafka
+/// reported. The wait is logged once.
+pub async fn wait_for_brokers(
+    health: &KafkaHealth,
+    brokers: &str,
+    timeout: Duration,
+    shutdown: &Shutdown,
+    fetch: impl Fn() -> Result<(), KafkaError> + Clone + Send + 'static,
+) -> Result<bool> {
+    let start = Instant::now();
+    let mut told = false;
+    loop {
+        let answered = tokio::task::spawn_blocking(fetch.clone()).await?;
+        match answered {
+            Ok(()) => {
+                health.set_up(true);
+                if told {
+                    tracing::info!(brokers, "a Kafka broker answered");
+                }
+                return Ok(true);
+            }
+            Err(e) => {
+                let why = health.last_error().unwrap_or_else(|| e.to_string());
+                if start.elapsed() >= timeout {
+                    bail!(
+                        "no Kafka broker answered at {brokers} within {:.0} s (--startup-timeout): {why}",
+                        timeout.as_secs_f64()
+                    );
+                }
+                if !told {
+                    tracing::warn!(
+                        brokers,
+                        "waiting for a Kafka broker (giving up after {:.0} s): {why}",
+                        timeout.as_secs_f64()
+                    );
+                    told = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return Ok(false),
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
     }
 }
 

@@ -387,7 +387,22 @@ async fn run_service(
         ccfg.create_with_context(Ctx(shared.clone()))
             .context("cannot create Kafka consumer")?,
     );
-    if !wait_for_brokers(&consumer, s, shared).await? {
+    let fetch = {
+        let (c, topic) = (consumer.clone(), s.topic.clone());
+        move || {
+            c.fetch_metadata(Some(&topic), Duration::from_secs(1))
+                .map(|_| ())
+        }
+    };
+    if !kafka::wait_for_brokers(
+        &shared.health,
+        &s.brokers,
+        s.startup_timeout,
+        &shared.shutdown,
+        fetch,
+    )
+    .await?
+    {
         tracing::info!("stopped before a Kafka broker answered");
         return Ok(());
     }
@@ -520,56 +535,6 @@ async fn run_service(
 /// service gives up on them (they are reprocessed after a restart: their offsets are not
 /// committed), and the Kafka clients get to close.
 pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(6);
-
-/// Waits until a broker answers a metadata request. `Ok(false)` if a shutdown came first; an
-/// error naming the last Kafka error once `--startup-timeout` has passed.
-async fn wait_for_brokers(
-    consumer: &Arc<KanaryConsumer>,
-    s: &Settings,
-    shared: &Shared,
-) -> Result<bool> {
-    let start = Instant::now();
-    let mut told = false;
-    loop {
-        let c = consumer.clone();
-        let topic = s.topic.clone();
-        let answered = tokio::task::spawn_blocking(move || {
-            c.fetch_metadata(Some(&topic), Duration::from_secs(1))
-        })
-        .await?;
-        match answered {
-            Ok(_) => {
-                shared.health.set_up(true);
-                if told {
-                    tracing::info!(brokers = %s.brokers, "a Kafka broker answered");
-                }
-                return Ok(true);
-            }
-            Err(e) => {
-                let why = shared.health.last_error().unwrap_or_else(|| e.to_string());
-                if start.elapsed() >= s.startup_timeout {
-                    bail!(
-                        "no Kafka broker answered at {} within {:.0} s (--startup-timeout): {why}",
-                        s.brokers,
-                        s.startup_timeout.as_secs_f64()
-                    );
-                }
-                if !told {
-                    tracing::warn!(
-                        brokers = %s.brokers,
-                        "waiting for a Kafka broker (giving up after {:.0} s): {why}",
-                        s.startup_timeout.as_secs_f64()
-                    );
-                    told = true;
-                }
-            }
-        }
-        tokio::select! {
-            _ = shared.shutdown.wait() => return Ok(false),
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-        }
-    }
-}
 
 /// Runs `f` on its own thread; true if it finished before `deadline`. A Kafka client that
 /// cannot reach its broker may block in close: the process then leaves without it.

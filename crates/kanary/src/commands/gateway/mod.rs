@@ -257,7 +257,18 @@ async fn serve(a: GatewayArgs) -> Result<()> {
     shutdown.on_signal("shutting down: answering in-flight requests");
 
     let result = async {
-        if !wait_for_brokers(&gw, &a.brokers, startup_timeout, &shutdown).await? {
+        let fetch = {
+            let g = gw.clone();
+            move || {
+                g.producer
+                    .client()
+                    .fetch_metadata(None, Duration::from_secs(1))
+                    .map(|_| ())
+            }
+        };
+        if !kafka::wait_for_brokers(&health, &a.brokers, startup_timeout, &shutdown, fetch)
+            .await?
+        {
             return Ok(());
         }
         // Created only if missing: a writer without the right to create topics still works.
@@ -328,58 +339,6 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-/// Waits until a broker answers. `Ok(false)` if a shutdown came first; an error naming the
-/// last Kafka error after `timeout`.
-async fn wait_for_brokers(
-    gw: &Arc<Gateway>,
-    brokers: &str,
-    timeout: Duration,
-    shutdown: &Shutdown,
-) -> Result<bool> {
-    let start = Instant::now();
-    let mut told = false;
-    loop {
-        let g = gw.clone();
-        let answered = tokio::task::spawn_blocking(move || {
-            g.producer
-                .client()
-                .fetch_metadata(None, Duration::from_secs(1))
-                .map(|_| ())
-        })
-        .await?;
-        match answered {
-            Ok(()) => {
-                gw.health.set_up(true);
-                if told {
-                    tracing::info!(brokers, "a Kafka broker answered");
-                }
-                return Ok(true);
-            }
-            Err(e) => {
-                let why = gw.health.last_error().unwrap_or_else(|| e.to_string());
-                if start.elapsed() >= timeout {
-                    bail!(
-                        "no Kafka broker answered at {brokers} within {:.0} s (--startup-timeout): {why}",
-                        timeout.as_secs_f64()
-                    );
-                }
-                if !told {
-                    tracing::warn!(
-                        brokers,
-                        "waiting for a Kafka broker (giving up after {:.0} s): {why}",
-                        timeout.as_secs_f64()
-                    );
-                    told = true;
-                }
-            }
-        }
-        tokio::select! {
-            _ = shutdown.wait() => return Ok(false),
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
 }
 
 /// GET `url` and its body, within 60 s; an answer other than 200 is an error with its body.
