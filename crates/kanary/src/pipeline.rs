@@ -717,6 +717,20 @@ mod tests {
         assert_eq!(rfc3339(951_782_400.0), "2000-02-29T00:00:00Z");
     }
 
+    /// Messages of `payloads` at consecutive offsets from `first` on `partition`.
+    fn messages(payloads: &[String], partition: i32, first: i64) -> Vec<Message<'_>> {
+        payloads
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Message {
+                payload: s.as_bytes(),
+                key: None,
+                partition,
+                offset: first + i as i64,
+            })
+            .collect()
+    }
+
     fn pipeline(models: &[ModelKind], train: usize) -> (Pipeline, Arc<Metrics>) {
         let names: Vec<&str> = models.iter().map(|m| m.name()).collect();
         let metrics = Metrics::new(&names);
@@ -747,16 +761,7 @@ mod tests {
             .collect();
         payloads.push("garbage".into());
         payloads.push(r#"{"ts": 1, "latency": 1, "cpu": 2}"#.into()); // missing memory
-        let msgs: Vec<Message> = payloads
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Message {
-                payload: s.as_bytes(),
-                key: None,
-                partition: 0,
-                offset: i as i64,
-            })
-            .collect();
+        let msgs = messages(&payloads, 0, 0);
         let mut out = BatchOutput::default();
         p.process(&msgs, 2e9, &mut out);
         assert_eq!(out.dead_letters.len(), 2);
@@ -789,16 +794,7 @@ mod tests {
         odd.label = Some(true);
         events.push(odd);
         let payloads: Vec<String> = events.iter().map(|e| e.to_json()).collect();
-        let msgs: Vec<Message> = payloads
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Message {
-                payload: s.as_bytes(),
-                key: None,
-                partition: 2,
-                offset: 1000 + i as i64,
-            })
-            .collect();
+        let msgs = messages(&payloads, 2, 1000);
         let mut out = BatchOutput::default();
         p.process(&msgs, DEFAULT_START_TS + 21.0, &mut out);
         assert_eq!(out.anomalies.len(), 1);
@@ -850,16 +846,7 @@ mod tests {
         let mut sim = Simulator::new(Scenario::Seed, 3, DEFAULT_START_TS);
         let mut batch = |events: Vec<Event>, now: f64| {
             let payloads: Vec<String> = events.iter().map(|e| e.to_json()).collect();
-            let msgs: Vec<Message> = payloads
-                .iter()
-                .enumerate()
-                .map(|(i, s)| Message {
-                    payload: s.as_bytes(),
-                    key: None,
-                    partition: 0,
-                    offset: i as i64,
-                })
-                .collect();
+            let msgs = messages(&payloads, 0, 0);
             let mut out = BatchOutput::default();
             p.process(&msgs, now, &mut out);
             out.anomalies.len()
