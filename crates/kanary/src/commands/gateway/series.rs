@@ -269,7 +269,8 @@ impl Converter {
                     },
                 );
             }
-            if !self.admit(&entity, &key) {
+            let ent = self.entities.get_mut(&entity).expect("inserted above");
+            let Some(f) = admit(ent, &key, &mut self.series, &self.cfg) else {
                 drops.add(
                     if self.series >= self.cfg.max_series {
                         "series_limit"
@@ -279,8 +280,7 @@ impl Converter {
                     n,
                 );
                 continue;
-            }
-            let ent = self.entities.get_mut(&entity).expect("inserted above");
+            };
             let per_ts = updates.entry(entity).or_default();
             for (ts, v) in s.samples {
                 if v.to_bits() == STALE_NAN {
@@ -292,9 +292,6 @@ impl Converter {
                     drops.add("non_finite", 1);
                     continue;
                 }
-                let Some(f) = ent.features.get_mut(&key) else {
-                    break;
-                };
                 let out = match kind {
                     Kind::Gauge | Kind::Rate | Kind::FromName => Some((v, v)),
                     Kind::Counter => match f.counter {
@@ -382,28 +379,6 @@ impl Converter {
         Some((name, ent, rest))
     }
 
-    /// Makes room for feature `key` of `entity` if it is new; false if a cap refuses it.
-    fn admit(&mut self, entity: &str, key: &str) -> bool {
-        let ent = self.entities.get_mut(entity).expect("entity exists");
-        if ent.features.contains_key(key) {
-            return true;
-        }
-        if self.series >= self.cfg.max_series || ent.features.len() >= self.cfg.max_entity_features
-        {
-            return false;
-        }
-        ent.features.insert(
-            key.to_string(),
-            Feature {
-                value: None,
-                at: i64::MIN,
-                counter: None,
-            },
-        );
-        self.series += 1;
-        true
-    }
-
     /// One entity at one timestamp: applies the values, and makes its event if this
     /// timestamp is new (or resends it if its delivery failed).
     fn group(
@@ -428,11 +403,12 @@ impl Converter {
             }
         }
         let mut values: Vec<(String, f64)> = ups.into_iter().map(|u| (u.key, u.value)).collect();
+        let ent = self.entities.get_mut(entity).expect("entity exists");
         for (k, p) in pairs {
             if let (Some(sum), Some(count)) = p
                 && count > 0.0
             {
-                if self.admit(entity, &k) {
+                if admit(ent, &k, &mut self.series, &self.cfg).is_some() {
                     values.push((k, sum / count));
                 } else {
                     drops.add("feature_limit", 1);
@@ -440,7 +416,6 @@ impl Converter {
             }
         }
         let history = self.cfg.history;
-        let ent = self.entities.get_mut(entity).expect("entity exists");
         let newest = ent.recent.back().map(|(t, _)| *t);
         let slot = ent.recent.iter_mut().find(|(t, _)| *t == ts);
         let fresh = match (newest, slot) {
@@ -548,6 +523,31 @@ impl Converter {
 }
 
 /// `name[:rate]{k="v",...}` (no braces without labels).
+/// The feature `key` of `ent`, made if it is new; `None` when a cap refuses it (`series`
+/// counts the features of every entity).
+fn admit<'a>(
+    ent: &'a mut Entity,
+    key: &str,
+    series: &mut usize,
+    cfg: &Config,
+) -> Option<&'a mut Feature> {
+    if !ent.features.contains_key(key) {
+        if *series >= cfg.max_series || ent.features.len() >= cfg.max_entity_features {
+            return None;
+        }
+        *series += 1;
+        ent.features.insert(
+            key.to_string(),
+            Feature {
+                value: None,
+                at: i64::MIN,
+                counter: None,
+            },
+        );
+    }
+    ent.features.get_mut(key)
+}
+
 fn feature_key(name: &str, kind: Kind, labels: &[(String, String)]) -> String {
     let mut k = String::with_capacity(name.len() + 16 * labels.len() + 5);
     k.push_str(name);
