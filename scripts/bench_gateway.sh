@@ -46,22 +46,9 @@ mkdir -p "$OUT"
 cargo build --release -q -p kanary --bin kanary --example remote_write_load
 KANARY="$ROOT/target/release/kanary"
 LOAD="$ROOT/target/release/examples/remote_write_load"
-started_kafka=0
-if ! "$ROOT/scripts/kafka.sh" status >/dev/null 2>&1; then
-  "$ROOT/scripts/kafka.sh" start
-  started_kafka=1
-fi
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  if [ "$started_kafka" = 1 ]; then "$ROOT/scripts/kafka.sh" stop || true; fi
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-metric() { # metric PORT NAME -> sum of samples
-  curl -sf "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 ~ "^"n"({|$)" {s += $2} END {printf "%.0f", s}'
-}
+# shellcheck source-path=SCRIPTDIR source=lib/bench.sh
+. "$ROOT/scripts/lib/bench.sh"
+bench_kafka_start
 
 run_id="gwbench-$$-$(date +%s)"
 topic="$run_id-events"
