@@ -15,6 +15,7 @@
 #define HB 160              /* score histogram bins: log10 from -4 to +16, 8 per decade */
 #define HB_LO -4.0
 #define HB_W 0.125
+#define CV_FOLDS 8          /* folds of the warm-up rebuild's cross-validation */
 
 typedef struct {
     int W;            /* level window, events (72) */
@@ -52,6 +53,10 @@ typedef struct {
     int sgate;        /* 1: trend and range features also need a same-direction seasonal deviation (sign-consistent min) */
     int RG;           /* range feature: distance outside [min, max] of the level window, / scale (0 = off) */
     int TK;           /* trend feature: mean of last TK raw values minus mean of the TK before, / scale (0 = off) */
+    int rebuild;      /* 1: when the first inverse arrives, refill H1/H2 with the warm-up features' distances under it,
+                         cross-validated over CV_FOLDS folds (tried, off: section 4) */
+    int span;         /* events of the persistence channel m (2: the 2-event mean, the default); 0 = about 10 minutes
+                         of events, round(600 * epd / 86400) clipped to [2, 16], their median (tried, off: section 4) */
 } Params;
 
 typedef struct {
@@ -88,6 +93,8 @@ typedef struct {
     /* outputs of the last event */
     double z[MAXF], contrib[MAXM], d, dm, R1, R2, R, Hs;   /* Hs: held (episode) score */
     int flag;
+    double *wbuf; int nwarm;          /* learned features before the first inverse (rebuild), at most 288 rows */
+    double dring[16]; int dlen;       /* one-event distances of the last span-1 events (span > 2), oldest first */
 } Detector;
 
 /* ---------- helpers ---------- */
@@ -199,11 +206,69 @@ Detector *codev_new(const Params *p, int M) {
     d->F = M * (1 + (p->TK > 0) + (p->RG > 0) + (p->CU > 0) + (p->LR > 0) + (p->SZ > 0));
     for (int i = 0; i < d->F; i++) d->cov[i * d->F + i] = 1.0;   /* prior: identity */
     hist_init(&d->h1, p->C); hist_init(&d->h2, p->C);
+    d->wbuf = p->rebuild ? malloc(sizeof(double) * 288 * d->F) : NULL;
     return d;
 }
 void codev_free(Detector *d) {
     for (int j = 0; j < d->M; j++) { free(d->m[j].sw); free(d->m[j].ring); free(d->m[j].dring); free(d->m[j].hist); free(d->m[j].tr); if (d->p.LR > 0) { free(d->m[j].qmx); free(d->m[j].qmn); free(d->m[j].imx); free(d->m[j].imn); } }
-    free(d->h1.bring); free(d->h2.bring); free(d);
+    free(d->h1.bring); free(d->h2.bring); free(d->wbuf); free(d);
+}
+
+static int span_of(const Params *p) {
+    if (p->span > 0) return p->span;
+    double s = round(600.0 * p->epd / 86400.0);
+    return s < 2 ? 2 : s > 16 ? 16 : (int)s;
+}
+/* median of dd and the ring's span-1 previous distances (the 2-event mean when span == 2); pushes dd.
+ * A median: one spike does not hold it up for span events, a change lasting half the span moves it */
+static double span_median(double *ring, int *len, int span, double dd, double dprev) {
+    if (span == 2) return 0.5 * (dd + dprev);
+    double v[16]; int n = *len + 1;
+    for (int i = 0; i < *len; i++) v[i] = ring[i];
+    v[*len] = dd;
+    for (int a = 1; a < n; a++) { double tv = v[a]; int b = a - 1; while (b >= 0 && v[b] > tv) { v[b + 1] = v[b]; b--; } v[b + 1] = tv; }
+    double m = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+    if (*len + 1 >= span) { memmove(ring, ring + 1, sizeof(double) * (*len - 1)); (*len)--; }
+    ring[(*len)++] = dd;
+    return m;
+}
+/* the first inverse has arrived: H1/H2 are refilled with the warm-up features' distances under the
+ * learned metric (the identity-metric distances before it are on another scale); the thresholds are
+ * recomputed at the next event */
+static void rebuild_hists(Detector *d) {
+    const Params *p = &d->p; int F = d->F, span = span_of(p);
+    memset(d->h1.cnt, 0, sizeof d->h1.cnt); d->h1.pos = d->h1.len = 0;
+    memset(d->h2.cnt, 0, sizeof d->h2.cnt); d->h2.pos = d->h2.len = 0;
+    d->dlen = 0;
+    double prev = 0;
+    /* k-fold cross-validation (k = CV_FOLDS): the rows of each fold are judged by an inverse of the
+     * covariance of the other folds' rows (distances of the rows an inverse was fitted on are biased
+     * low); too few rows, or a covariance that does not invert, falls back to the inverse itself */
+    int kf = CV_FOLDS;
+    double *A2 = malloc(sizeof(double) * kf * F * F), *cv = malloc(sizeof(double) * F * F);
+    int nw = d->nwarm;
+    for (int h = 0; h < kf; h++) {
+        int lo = h * nw / kf, hi = (h + 1) * nw / kf, n = nw - (hi - lo); double mu[MAXF] = {0};
+        double *Ah = A2 + (long)h * F * F;
+        if (n < 2) { memcpy(Ah, d->inv, sizeof(double) * F * F); continue; }
+        for (int w = 0; w < nw; w++) if (w < lo || w >= hi) for (int i = 0; i < F; i++) mu[i] += d->wbuf[(long)w * F + i] / n;
+        memset(cv, 0, sizeof(double) * F * F);
+        for (int w = 0; w < nw; w++) if (w < lo || w >= hi) { const double *z = d->wbuf + (long)w * F; for (int i = 0; i < F; i++) for (int k = 0; k < F; k++) cv[i * F + k] += (z[i] - mu[i]) * (z[k] - mu[k]) / n; }
+        if (spd_inverse(cv, F, p->ridge, Ah) != 0) memcpy(Ah, d->inv, sizeof(double) * F * F);
+    }
+    int h = 0;
+    for (int w = 0; w < d->nwarm; w++) {
+        while ((h + 1) * nw / kf <= w) h++;
+        const double *z = d->wbuf + (long)w * F; double dd = 0;
+        const double *A = A2 + (long)h * F * F;
+        for (int i = 0; i < F; i++) { double s = 0; for (int k = 0; k < F; k++) s += A[i * F + k] * z[k]; dd += s * z[i]; }
+        if (dd < 0) dd = 0;
+        hist_add(&d->h1, p->C, dd);
+        hist_add(&d->h2, p->C, span_median(d->dring, &d->dlen, span, dd, w ? prev : dd));
+        prev = dd;
+    }
+    free(A2); free(cv);
+    d->dprev = prev; d->nwarm = 0; d->t1 = d->t2 = 0;
 }
 
 /* process one event (x: M values); returns flag; score/contrib readable from the struct */
@@ -314,7 +379,8 @@ int codev_update(Detector *d, const double *x) {
         d->contrib[j] = c > 0 ? c : 0; ctot += d->contrib[j];
     }
     for (int j = 0; j < M; j++) d->contrib[j] = ctot > 0 ? d->contrib[j] / ctot : 1.0 / M;
-    double dm = 0.5 * (dd + d->dprev);
+    int span = span_of(p);
+    double dm = span_median(d->dring, &d->dlen, span, dd, d->dprev);
     /* 3. calibration: threshold for a target exceedance rate r = rho * kappa / epd per event, from the
      *    own recent distribution (sliding histogram): Pareto-type tail extrapolation above q_hi. */
     if (d->rho_cur <= 0) d->rho_cur = p->rho;
@@ -368,7 +434,12 @@ int codev_update(Detector *d, const double *x) {
         m->last = xv; m->has_last = 1;
     }
     int jl = p->jointlearn ? (d->state == 0 && !flag) : learn;   /* joint model + calibration learn only from normal (armed) events */
+    int rebuilt = 0;
     if (jl && ready) {
+        if (d->wbuf && !d->have_inv) {
+            if (d->nwarm == 288) { memmove(d->wbuf, d->wbuf + F, sizeof(double) * 287 * F); d->nwarm--; }
+            memcpy(d->wbuf + (long)d->nwarm * F, d->z, sizeof(double) * F); d->nwarm++;
+        }
         double a = 1.0 / (d->ncov + 1 < p->Ccov ? d->ncov + 1 : p->Ccov);  /* running mean until C, then EW */
         for (int i = 0; i < F; i++) d->mu[i] += a * (d->z[i] - d->mu[i]);
         for (int i = 0; i < F; i++) for (int k = 0; k <= i; k++) {
@@ -379,13 +450,14 @@ int codev_update(Detector *d, const double *x) {
         if (d->ncov % p->inv_every == 0 || d->ncov == 288) {
             if (p->diag) { double dg[MAXF * MAXF]; memset(dg, 0, sizeof(double) * F * F); for (int i = 0; i < F; i++) dg[i * F + i] = d->cov[i * F + i]; if (spd_inverse(dg, F, p->ridge, d->inv) == 0) d->have_inv = 1; }
             else if (spd_inverse(d->cov, F, p->ridge, d->inv) == 0) d->have_inv = 1;
+            if (d->have_inv && d->nwarm > 0) { rebuild_hists(d); rebuilt = 1; }
         }
     }
-    if (ready) {
+    if (ready && !rebuilt) {
         if (jl || p->calall == 1) { hist_add(&d->h1, p->C, dd); hist_add(&d->h2, p->C, dm); }
         else if (p->calall == 2) { hist_add(&d->h1, p->C, dd < t1 ? dd : t1); hist_add(&d->h2, p->C, dm < t2 ? dm : t2); } /* winsorised at the threshold */
     }
-    d->dprev = dd;
+    if (!rebuilt) d->dprev = dd;
     { double hd = p->hdecay * d->Hs; d->Hs = R > hd ? R : hd; }
     if (p->target > 0 && scoring) {   /* adaptive knob: EW rate of alarm starts (memory C events), adjusted once a day */
         int started = flag && d->age == 0 && d->state == 1;
@@ -424,7 +496,7 @@ int main(int argc, char **argv) {
     int K = argc > 3 ? atoi(argv[3]) : 7, TK = argc > 4 ? atoi(argv[4]) : 0, RG = argc > 5 ? atoi(argv[5]) : 1, W = argc > 6 ? atoi(argv[6]) : 72;
     Params p = {.W = 72, .K = 7, .P = 288, .zclip = 10, .relmin = 0, .dir = 0, .ridge = 0.3, .C = 2016, .Ccov = 8640,
                 .inv_every = 288, .rho = 0.1, .target = 0, .kappa = 1, .epd = 288, .epd_i = 288, .pt = 0.02, .ximax = 0, .a1 = 1, .thr = 1,
-                .thr_off = 0.5, .maxhold = 12, .confirm = 1, .warm = 0, .freeze = 1, .calall = 0, .jointlearn = 0, .CU = 0, .LR = 0, .tfloor = 3.0, .diag = 0, .hdecay = 0.97, .SZ = 1, .sgate = 1, .RG = 1, .TK = 0};
+                .thr_off = 0.5, .maxhold = 12, .confirm = 1, .warm = 0, .freeze = 1, .calall = 0, .jointlearn = 0, .CU = 0, .LR = 0, .tfloor = 3.0, .diag = 0, .hdecay = 0.97, .SZ = 1, .sgate = 1, .RG = 1, .TK = 0, .rebuild = 0, .span = 2};
     p.K = K; p.TK = TK; p.RG = RG; p.W = W;
     double *X = malloc(sizeof(double) * n * M);
     uint64_t s = 12345;
