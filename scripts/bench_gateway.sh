@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
     --series) SERIES="$2"; shift 2 ;;
     --scrapes) SCRAPES="$2"; shift 2 ;;
     --connections) CONNECTIONS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done

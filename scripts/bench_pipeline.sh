@@ -11,8 +11,8 @@
 #    Kafka's own consumer (org.apache.kafka.tools.ConsumerPerformance) reading the same topic;
 #    the ratio is kanary's share of the raw consume rate.
 # 2. Latency: a producer at --rate events/s (default 20,000) for --seconds (default 30) into a
-#    fresh detector that already holds the topic's partitions (its models are cold: a cold
-#    start of the models, not of the consumer group); p50/p99 event-to-detection latency from the detector's
+#    fresh detector that already holds the topic's partitions (a cold start of the models,
+#    not of the consumer group); p50/p99 event-to-detection latency from the detector's
 #    detector_event_latency_seconds histogram (linear interpolation within buckets, as
 #    Prometheus' histogram_quantile), over the whole run (cold start included) and over the
 #    events after its first 5 s.
@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
     --rate) RATE="$2"; shift 2 ;;
     --seconds) SECONDS_AT_RATE="$2"; shift 2 ;;
     --model) MODEL="$2"; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done

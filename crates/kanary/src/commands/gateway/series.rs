@@ -522,7 +522,6 @@ impl Converter {
     }
 }
 
-/// `name[:rate]{k="v",...}` (no braces without labels).
 /// The feature `key` of `ent`, made if it is new; `None` when a cap refuses it (`series`
 /// counts the features of every entity).
 fn admit<'a>(
@@ -548,6 +547,7 @@ fn admit<'a>(
     ent.features.get_mut(key)
 }
 
+/// `name[:rate]{k="v",...}` (no braces without labels).
 fn feature_key(name: &str, kind: Kind, labels: &[(String, String)]) -> String {
     let mut k = String::with_capacity(name.len() + 16 * labels.len() + 5);
     k.push_str(name);
