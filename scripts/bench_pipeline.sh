@@ -112,13 +112,15 @@ port2=$(free_port)
   --metrics-addr "127.0.0.1:$port2" --state-dir "$OUT/state2-$run_id" --train 1000 \
   --anomalies-topic "$run_id-anomalies2" --dlq-topic "$run_id-dlq2" >"$OUT/detect-rate.log" 2>&1 &
 pids+=($!)
+holds_partitions() { # /readyz says ready, or waits only for its first events
+  case "$1" in ready* | *"models not fitted"*) return 0 ;; *) return 1 ;; esac
+}
 for _ in $(seq 1 300); do
   ready=$(curl -s "http://127.0.0.1:$port2/readyz" || true)
-  # Ready, or waiting only for its first events: the partitions are assigned.
-  case "$ready" in ready* | *"models not fitted"*) break ;; esac
+  holds_partitions "$ready" && break
   sleep 0.1
 done
-case "$ready" in ready* | *"models not fitted"*) ;; *) echo "detect did not get its partitions in 30 s: $ready" >&2; exit 1 ;; esac
+holds_partitions "$ready" || { echo "detect did not get its partitions in 30 s: $ready" >&2; exit 1; }
 "$KANARY" simulate --scenario microservices --count $((RATE * SECONDS_AT_RATE)) --seed 2 \
   --rate "$RATE" --brokers "$BROKERS" --topic "$topic2" --partitions 3 2>"$OUT/produce-rate.log" &
 pids+=($!)
