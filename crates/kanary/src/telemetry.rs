@@ -414,7 +414,7 @@ pub struct GatewayMetrics {
 pub const GATEWAY_ENDPOINTS: [&str; 2] = ["remote_write", "otlp"];
 
 /// Reasons a gateway request is refused (`gateway_rejected_requests_total`).
-pub const GATEWAY_REJECT_REASONS: [&str; 10] = [
+pub const GATEWAY_REJECT_REASONS: [&str; 11] = [
     "unauthorized",
     "not_ready",
     "too_large",
@@ -424,11 +424,12 @@ pub const GATEWAY_REJECT_REASONS: [&str; 10] = [
     "unsupported_media_type",
     "kafka_unavailable",
     "delivery_failed",
+    "awaiting_ack",
     "shutting_down",
 ];
 
 /// Reasons gateway samples are not used (`gateway_samples_dropped_total`).
-pub const GATEWAY_DROP_REASONS: [&str; 10] = [
+pub const GATEWAY_DROP_REASONS: [&str; 11] = [
     "excluded",
     "no_entity",
     "series_limit",
@@ -438,6 +439,7 @@ pub const GATEWAY_DROP_REASONS: [&str; 10] = [
     "non_finite",
     "out_of_order",
     "late",
+    "awaiting_ack",
     "no_interval",
 ];
 

@@ -29,7 +29,7 @@ use prost::Message as _;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use regex::RegexSet;
 
@@ -413,15 +413,7 @@ async fn run_backfill(
         let mut drops = Drops::default();
         let events = gw.converter.lock().unwrap().ingest(input, &mut drops);
         count_drops(gw, &drops);
-        let (ok, failed) = produce(gw, &events).await;
-        {
-            let mut c = gw.converter.lock().unwrap();
-            for (ev, delivered) in events.iter().zip(&ok) {
-                c.settle(ev, *delivered);
-            }
-        }
-        let n = ok.iter().filter(|d| **d).count() as u64;
-        gw.metrics.events.inc_by(n);
+        let (n, failed) = deliver(gw, events).await;
         produced += n;
         if let Some(e) = failed {
             bail!("Kafka did not acknowledge backfilled events: {e}");
@@ -596,31 +588,91 @@ async fn write(
         c.ingest(input, &mut drops)
     };
     count_drops(gw, &drops);
-    let (ok, failed) = produce(gw, &events).await;
-    {
-        let mut c = gw.converter.lock().unwrap();
-        for (ev, delivered) in events.iter().zip(&ok) {
-            c.settle(ev, *delivered);
-        }
-    }
-    let delivered = ok.iter().filter(|d| **d).count() as u64;
-    gw.metrics.events.inc_by(delivered);
+    let total = events.len() as u64;
+    let (delivered, failed) = deliver(gw, events).await;
     if let Some(e) = failed {
         return Err(Refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             "delivery_failed",
             format!(
-                "Kafka did not acknowledge {} of {} events: {e}; retry",
-                events.len() as u64 - delivered,
-                events.len()
+                "Kafka did not acknowledge {} of {total} events: {e}; retry",
+                total - delivered
+            ),
+        ));
+    }
+    if let Some(n) = drops.0.get(series::AWAITING_ACK) {
+        return Err(Refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "awaiting_ack",
+            format!(
+                "Kafka has not yet acknowledged or refused the events of {n} of these samples, \
+                 sent by an earlier request; retry"
             ),
         ));
     }
     Ok(drops.rejected())
 }
 
-/// Produces every event; returns which were acknowledged and the first error.
-async fn produce(gw: &Gateway, events: &[Outgoing]) -> (Vec<bool>, Option<String>) {
+/// How long past `--delivery-timeout` a request waits for librdkafka's own verdict (its
+/// timeout scan runs once a second) before it answers 503 by itself.
+const DELIVERY_GRACE: Duration = Duration::from_secs(1);
+
+/// Produces `events` and records in the converter what became of each: returns how many
+/// Kafka acknowledged and the first error. An event still without an answer at the deadline
+/// (librdkafka can hold one that was on the wire when its broker went away well past
+/// `message.timeout.ms`) counts as not acknowledged and is marked unsettled; its answer,
+/// when it comes, is recorded in the background.
+async fn deliver(gw: &Arc<Gateway>, events: Vec<Outgoing>) -> (u64, Option<String>) {
+    let (acks, mut first_err) = produce(gw, &events).await;
+    let mut late = Vec::new();
+    let mut delivered = 0;
+    {
+        let mut c = gw.converter.lock().unwrap();
+        for (ev, ack) in events.into_iter().zip(acks) {
+            match ack {
+                Ack::Yes => {
+                    c.settle(&ev, true);
+                    delivered += 1;
+                }
+                Ack::No => c.settle(&ev, false),
+                Ack::Pending(f) => {
+                    c.unsettle(&ev);
+                    late.push((ev, f));
+                }
+            }
+        }
+    }
+    gw.metrics.events.inc_by(delivered);
+    if !late.is_empty() {
+        first_err.get_or_insert_with(|| {
+            format!(
+                "no answer from Kafka within --delivery-timeout ({:?})",
+                gw.delivery_timeout
+            )
+        });
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            for (ev, f) in late {
+                let ok = matches!(f.await, Ok(Ok(_)));
+                gw.converter.lock().unwrap().settle(&ev, ok);
+                if ok {
+                    gw.metrics.events.inc();
+                }
+            }
+        });
+    }
+    (delivered, first_err)
+}
+
+/// What became of one produced event by the request's deadline.
+enum Ack {
+    Yes,
+    No,
+    Pending(DeliveryFuture),
+}
+
+/// Produces every event; returns what became of each by the deadline and the first error.
+async fn produce(gw: &Gateway, events: &[Outgoing]) -> (Vec<Ack>, Option<String>) {
     let deadline = Instant::now() + gw.delivery_timeout;
     let mut pending = Vec::with_capacity(events.len());
     let mut first_err: Option<String> = None;
@@ -648,25 +700,27 @@ async fn produce(gw: &Gateway, events: &[Outgoing]) -> (Vec<bool>, Option<String
             }
         }
     }
-    let mut ok = Vec::with_capacity(events.len());
+    let wait_until = tokio::time::Instant::from_std(deadline + DELIVERY_GRACE);
+    let mut acks = Vec::with_capacity(events.len());
     for f in pending {
-        let delivered = match f {
-            None => false,
-            Some(f) => match f.await {
-                Ok(Ok(_)) => true,
-                Ok(Err((e, _))) => {
+        let ack = match f {
+            None => Ack::No,
+            Some(mut f) => match tokio::time::timeout_at(wait_until, &mut f).await {
+                Ok(Ok(Ok(_))) => Ack::Yes,
+                Ok(Ok(Err((e, _)))) => {
                     first_err.get_or_insert_with(|| e.to_string());
-                    false
+                    Ack::No
                 }
-                Err(_) => {
+                Ok(Err(_)) => {
                     first_err.get_or_insert_with(|| "producer closed".into());
-                    false
+                    Ack::No
                 }
+                Err(_) => Ack::Pending(f),
             },
         };
-        ok.push(delivered);
+        acks.push(ack);
     }
-    (ok, first_err)
+    (acks, first_err)
 }
 
 /// Counts and times one answered request.

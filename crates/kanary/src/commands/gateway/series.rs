@@ -90,6 +90,10 @@ impl Default for Config {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Drops(pub BTreeMap<&'static str, u64>);
 
+/// The [`Drops`] reason of samples whose event an earlier request sent and Kafka has not yet
+/// acknowledged or refused: the request that carries them gets 503 (retry later).
+pub const AWAITING_ACK: &str = "awaiting_ack";
+
 impl Drops {
     pub fn add(&mut self, reason: &'static str, n: u64) {
         if n > 0 {
@@ -121,6 +125,9 @@ enum Slot {
     /// The entity's first timestamp: no event.
     First,
     InFlight,
+    /// Its request was answered 503 before Kafka said whether it has the event: a retry
+    /// waits for that answer (the event may still arrive) instead of sending a second copy.
+    Unsettled,
     Delivered,
     /// Delivery failed: a retry sends this again.
     Failed(Arc<str>),
@@ -424,15 +431,17 @@ impl Converter {
                 false
             }
             (_, Some((_, slot))) => {
-                if let Slot::Failed(payload) = slot {
-                    out.push(Outgoing {
-                        entity: entity.to_string(),
-                        ts_ms: ts,
-                        payload: payload.clone(),
-                    });
-                    *slot = Slot::InFlight;
-                } else {
-                    drops.add("late", n);
+                match slot {
+                    Slot::Failed(payload) => {
+                        out.push(Outgoing {
+                            entity: entity.to_string(),
+                            ts_ms: ts,
+                            payload: payload.clone(),
+                        });
+                        *slot = Slot::InFlight;
+                    }
+                    Slot::Unsettled => drops.add(AWAITING_ACK, n),
+                    _ => drops.add("late", n),
                 }
                 false
             }
@@ -495,15 +504,28 @@ impl Converter {
 
     /// After delivery: a failed event is kept so that the request's retry sends it again.
     pub fn settle(&mut self, ev: &Outgoing, delivered: bool) {
-        if let Some(ent) = self.entities.get_mut(&ev.entity)
-            && let Some((_, slot)) = ent.recent.iter_mut().find(|(t, _)| *t == ev.ts_ms)
-        {
+        if let Some(slot) = self.slot(ev) {
             *slot = if delivered {
                 Slot::Delivered
             } else {
                 Slot::Failed(ev.payload.clone())
             };
         }
+    }
+
+    /// The request gave up waiting for Kafka's answer on `ev`: until [`Converter::settle`]
+    /// records that answer, a retry's samples at its time are dropped as
+    /// [`AWAITING_ACK`] (the retry gets 503 and comes again).
+    pub fn unsettle(&mut self, ev: &Outgoing) {
+        if let Some(slot) = self.slot(ev) {
+            *slot = Slot::Unsettled;
+        }
+    }
+
+    fn slot(&mut self, ev: &Outgoing) -> Option<&mut Slot> {
+        let ent = self.entities.get_mut(&ev.entity)?;
+        let (_, slot) = ent.recent.iter_mut().find(|(t, _)| *t == ev.ts_ms)?;
+        Some(slot)
     }
 
     /// Forgets entities with no sample newer than `now_ms - stale_ms`.
@@ -682,6 +704,35 @@ mod tests {
         deliver(&mut c, &again);
         assert!(c.ingest(vec![s(20_000, 20.0)], &mut d).is_empty());
         assert_eq!(d.0.get("late"), Some(&1));
+    }
+
+    #[test]
+    fn a_retry_waits_for_kafkas_late_verdict_and_then_sends_only_what_kafka_lacks() {
+        let mut c = Converter::new(Config::default());
+        let mut d = Drops::default();
+        let s = |t, v| node("node_load1", &[], &[(t, v)]);
+        c.ingest(vec![s(0, 1.0)], &mut d);
+        for verdict in [false, true] {
+            let t = if verdict { 2000 } else { 1000 };
+            let sent = c.ingest(vec![s(t, 2.0)], &mut d);
+            assert_eq!(sent.len(), 1);
+            // The request was answered before Kafka's verdict: its retry sends nothing.
+            c.unsettle(&sent[0]);
+            assert!(c.ingest(vec![s(t, 2.0)], &mut d).is_empty());
+            assert_eq!(d.0.remove(AWAITING_ACK), Some(1));
+            c.settle(&sent[0], verdict);
+            let retry = c.ingest(vec![s(t, 2.0)], &mut d);
+            if verdict {
+                // Kafka has it: the retry's samples are only late.
+                assert!(retry.is_empty());
+                assert_eq!(d.0.remove("late"), Some(1));
+            } else {
+                assert_eq!(retry.len(), 1);
+                assert_eq!(retry[0].payload, sent[0].payload);
+                deliver(&mut c, &retry);
+            }
+            assert_eq!(d, Drops::default());
+        }
     }
 
     #[test]
