@@ -83,18 +83,16 @@ fn parse_threshold(s: &str) -> Result<ThresholdMethod, String> {
         .map_err(|e: kanary_core::threshold::ThresholdError| e.to_string())
 }
 
-/// Model settings shared by every command that fits models.
+/// How a model is built and thresholded, whatever events it sees (every command that fits
+/// or times models).
 #[derive(Debug, Clone, Args)]
-pub struct ModelOpts {
+pub struct DetectorOpts {
     /// Threshold rule, fitted on each service's training scores without labels:
     /// `pot[:RISK]` (default; tail fit, RISK = false-alarm probability per event, 1e-4),
     /// `mad[:K]` (median + K·MAD), `contamination:RATE` (the thesis' quantile rule) or
     /// `fixed:SCORE`.
     #[arg(long, env = "KANARY_THRESHOLD", value_parser = parse_threshold)]
     pub threshold: Option<ThresholdMethod>,
-    /// Features to use (comma-separated); default: every numeric field except ts and label.
-    #[arg(long, env = "KANARY_FEATURES", value_delimiter = ',')]
-    pub features: Option<Vec<String>>,
     /// Fit once only, keeping the training rows the first fit finds anomalous (by default
     /// models are refitted without them, so anomalies in the training window are not learnt).
     #[arg(long, env = "KANARY_NO_ROBUST_FIT")]
@@ -112,6 +110,17 @@ pub struct ModelOpts {
         value_delimiter = ';'
     )]
     pub params: Vec<String>,
+}
+
+/// Model settings shared by every command that fits models on events: the detector, and
+/// which of an event's fields it sees.
+#[derive(Debug, Clone, Args)]
+pub struct ModelOpts {
+    #[command(flatten)]
+    pub detector: DetectorOpts,
+    /// Features to use (comma-separated); default: every numeric field except ts and label.
+    #[arg(long, env = "KANARY_FEATURES", value_delimiter = ',')]
+    pub features: Option<Vec<String>>,
     /// Sliding windows, lengths in events (e.g. `8,32,128`): each feature is replaced by
     /// window features computed per service over its recent events (see
     /// --window-features). Univariate streams need this context. Default: none (nab: its own).
@@ -128,6 +137,51 @@ pub struct ModelOpts {
     pub window_features: Vec<String>,
 }
 
+impl DetectorOpts {
+    /// The checked configuration of model `kind` (`--param` over the config file's tables).
+    pub fn config(
+        &self,
+        kind: ModelKind,
+        file_params: &BTreeMap<String, ParamMap>,
+    ) -> anyhow::Result<DetectorConfig> {
+        let mut params = self.model_params(file_params)?;
+        let detector = self.detector_config(kind, params.remove(&kind).unwrap_or_default());
+        detector.check()?;
+        Ok(detector)
+    }
+
+    /// The parameters given for each model, `--param` over the config file's
+    /// `[models.MODEL]` tables, each checked against its model's parameter struct.
+    pub fn model_params(
+        &self,
+        file: &BTreeMap<String, ParamMap>,
+    ) -> Result<BTreeMap<ModelKind, ParamMap>, ParamError> {
+        let mut out: BTreeMap<ModelKind, ParamMap> = BTreeMap::new();
+        for (model, table) in file {
+            let kind = ModelKind::named(model)?;
+            out.entry(kind).or_default().extend(table.clone());
+        }
+        for text in &self.params {
+            let (kind, key, value) = parse_param(text)?;
+            out.entry(kind).or_default().insert(key, value);
+        }
+        for (kind, map) in &out {
+            kind.spec().params.check(kind.name(), map)?;
+        }
+        Ok(out)
+    }
+
+    pub fn detector_config(&self, kind: ModelKind, params: ParamMap) -> DetectorConfig {
+        DetectorConfig {
+            kind,
+            params,
+            threshold: self.threshold,
+            seed: self.model_seed,
+            robust: !self.no_robust_fit,
+        }
+    }
+}
+
 impl ModelOpts {
     /// The engine configuration of a model: detector, training events, features, windows.
     pub fn engine_config(&self, kind: ModelKind, train: usize) -> anyhow::Result<EngineConfig> {
@@ -141,10 +195,7 @@ impl ModelOpts {
         train: usize,
         file_params: &BTreeMap<String, ParamMap>,
     ) -> anyhow::Result<EngineConfig> {
-        let mut params = self.model_params(file_params)?;
-        let detector = self.detector_config(kind, params.remove(&kind).unwrap_or_default());
-        detector.check()?;
-        let mut c = EngineConfig::new(detector);
+        let mut c = EngineConfig::new(self.detector.config(kind, file_params)?);
         c.train_events = train;
         c.features = self.features.clone();
         c.window = self.window_spec().map_err(anyhow::Error::msg)?;
@@ -182,37 +233,6 @@ impl ModelOpts {
         }
         spec.validate().map_err(|e| e.to_string())?;
         Ok(Some(spec))
-    }
-
-    /// The parameters given for each model, `--param` over the config file's
-    /// `[models.MODEL]` tables, each checked against its model's parameter struct.
-    pub fn model_params(
-        &self,
-        file: &BTreeMap<String, ParamMap>,
-    ) -> Result<BTreeMap<ModelKind, ParamMap>, ParamError> {
-        let mut out: BTreeMap<ModelKind, ParamMap> = BTreeMap::new();
-        for (model, table) in file {
-            let kind = ModelKind::named(model)?;
-            out.entry(kind).or_default().extend(table.clone());
-        }
-        for text in &self.params {
-            let (kind, key, value) = parse_param(text)?;
-            out.entry(kind).or_default().insert(key, value);
-        }
-        for (kind, map) in &out {
-            kind.spec().params.check(kind.name(), map)?;
-        }
-        Ok(out)
-    }
-
-    pub fn detector_config(&self, kind: ModelKind, params: ParamMap) -> DetectorConfig {
-        DetectorConfig {
-            kind,
-            params,
-            threshold: self.threshold,
-            seed: self.model_seed,
-            robust: !self.no_robust_fit,
-        }
     }
 }
 
@@ -386,8 +406,9 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// The detector's options; which features it sees is fixed by the timed rows.
     #[command(flatten)]
-    pub opts: ModelOpts,
+    pub opts: DetectorOpts,
 }
 
 #[derive(Debug, Args)]
@@ -641,6 +662,28 @@ pub struct GatewayArgs {
 #[cfg(test)]
 mod tests {
     use super::parse_bytes;
+
+    #[test]
+    fn no_command_defines_a_flag_or_its_variable_twice() {
+        // clap checks this only in debug builds: `bench --features` was defined twice (its
+        // column count and the model options' feature list), and the release build panicked
+        // whenever KANARY_FEATURES was set.
+        use clap::CommandFactory;
+        let cli = super::Cli::command();
+        let global: Vec<_> = cli.get_arguments().filter(|a| a.is_global_set()).collect();
+        for cmd in cli.get_subcommands() {
+            let mut longs = std::collections::HashSet::new();
+            let mut envs = std::collections::HashSet::new();
+            for a in cmd.get_arguments().chain(global.iter().copied()) {
+                if let Some(l) = a.get_long() {
+                    assert!(longs.insert(l), "{} --{l} twice", cmd.get_name());
+                }
+                if let Some(e) = a.get_env() {
+                    assert!(envs.insert(e), "{} {e:?} twice", cmd.get_name());
+                }
+            }
+        }
+    }
 
     #[test]
     fn memory_sizes_parse_with_binary_and_decimal_units_and_reject_the_rest() {

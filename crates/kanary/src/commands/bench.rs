@@ -63,7 +63,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         rows.extend_from_slice(&row);
     }
     let (train, test) = rows.split_at_mut(args.train * 3);
-    let cfg = args.opts.engine_config(args.model, args.train)?.detector;
+    let cfg = args.opts.config(args.model, &Default::default())?;
     let t = Instant::now();
     let fitted = FittedDetector::fit(&cfg, features.clone(), train, 0.0)?;
     let fit_seconds = t.elapsed().as_secs_f64();
@@ -209,7 +209,7 @@ fn run_streaming(args: &BenchArgs) -> Result<()> {
     if d == 0 {
         bail!("--features must be at least 1");
     }
-    let cfg = args.opts.engine_config(args.model, args.train)?.detector;
+    let cfg = args.opts.config(args.model, &Default::default())?;
     let rows = synthetic(args.train + args.events, d);
     let (warm, test) = rows.split_at(args.train * d);
     let timed = time_streaming(&cfg, d, warm, test, args.runs)?;

@@ -141,6 +141,7 @@ pub fn score_file(kind: ModelKind, f: &NabFile, args: &NabArgs) -> Result<Vec<f6
     let novelty = ModelKind::named("novelty")?;
     let params = args
         .opts
+        .detector
         .model_params(&Default::default())?
         .remove(&novelty)
         .unwrap_or_default();
