@@ -605,8 +605,8 @@ async fn write(
             StatusCode::SERVICE_UNAVAILABLE,
             "awaiting_ack",
             format!(
-                "Kafka has not yet acknowledged or refused the events of {n} of these samples, \
-                 sent by an earlier request; retry"
+                "{n} samples belong to events that an earlier request sent and that Kafka has \
+                 not yet acknowledged or refused; retry"
             ),
         ));
     }
