@@ -503,10 +503,19 @@ fn a_broker_outage_gets_503_and_the_retried_request_delivers_each_event_once() {
         204
     );
     let ev = mock_messages(&cluster.bootstrap_servers(), "gw-outage", t as usize + 1);
-    let ts: Vec<f64> = ev
+    let mut ts: Vec<f64> = ev
         .iter()
         .map(|e| e["ts"].as_f64().unwrap() - 1_700_000_000.0)
         .collect();
+    // At least once, as documented: the scrape caught by the outage, answered 503, may have
+    // been stored by the broker before the connection closed and still be reported failed by
+    // librdkafka; its retry then stores it again, right after the first copy. Nothing else
+    // may repeat.
+    if code == 503 && ts.iter().filter(|s| **s == 2.0).count() == 2 {
+        let first = ts.iter().position(|s| *s == 2.0).unwrap();
+        assert_eq!(ts.get(first + 1), Some(&2.0), "{ts:?}");
+        ts.remove(first);
+    }
     let want: Vec<f64> = (1..=t + 1).map(|s| s as f64).collect();
     assert_eq!(ts, want, "each acknowledged scrape once, in order");
     let m = gw.svc.metrics().unwrap();
