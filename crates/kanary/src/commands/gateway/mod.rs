@@ -603,7 +603,7 @@ async fn write(
     if let Some(n) = drops.0.get(series::AWAITING_ACK) {
         return Err(Refusal(
             StatusCode::SERVICE_UNAVAILABLE,
-            "awaiting_ack",
+            series::AWAITING_ACK,
             format!(
                 "{n} samples belong to events that an earlier request sent and that Kafka has \
                  not yet acknowledged or refused; retry"
