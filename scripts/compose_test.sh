@@ -253,7 +253,7 @@ build_tar() { # build_tar NAME KEY LOGNAME [build args...] < tar context
 
 step "base images (scripts/images)"
 # Names as the Dockerfile spells them (ARG defaults), so the two cannot drift apart.
-arg_default() { sed -n "s/^ARG $1=\\([^[:space:]]*\\)\$/\\1/p" "$ROOT/Dockerfile" | head -n 1; }
+arg_default() { sed -n "s/^ARG $1=\\([^[:space:]]*\\)\$/\\1/p" "$ROOT/Dockerfile" | sed -n 1p; }
 RUST_VERSION=$(arg_default RUST_VERSION)
 SUITE=$(arg_default DEBIAN_RELEASE)
 [[ -n $RUST_VERSION && -n $SUITE ]] || die "cannot read ARG RUST_VERSION / DEBIAN_RELEASE defaults from the Dockerfile"
@@ -329,7 +329,7 @@ if needs_build "$RUST_IMAGE" "$key"; then
 fi
 
 # Kafka: the jars pinned in scripts/kafka/pom.xml, as scripts/kafka.sh fetches them.
-KAFKA_VERSION=$(sed -n 's:.*<kafka\.version>\([^<]*\)</kafka\.version>.*:\1:p' scripts/kafka/pom.xml | head -n 1)
+KAFKA_VERSION=$(sed -n 's:.*<kafka\.version>\([^<]*\)</kafka\.version>.*:\1:p' scripts/kafka/pom.xml | sed -n 1p)
 [[ -n $KAFKA_VERSION ]] || die "cannot read <kafka.version> from scripts/kafka/pom.xml"
 KAFKA_IMAGE="apache/kafka:$KAFKA_VERSION"
 compose_kafka=$(sed -n 's/^ *image: *\(apache\/kafka:.*\)$/\1/p' "$COMPOSE_FILE" | sort -u)
@@ -388,7 +388,7 @@ fi
 
 # --------------------------------------------------------------------------- the stack
 step "compose up (project $PROJECT): ${SERVICES[*]}"
-grafana_image=$(sed -n 's/^ *image: *\(grafana\/.*\)$/\1/p' "$COMPOSE_FILE" | head -n 1)
+grafana_image=$(sed -n 's/^ *image: *\(grafana\/.*\)$/\1/p' "$COMPOSE_FILE" | sed -n 1p)
 log "Grafana is SKIPPED in this run: its image (${grafana_image:-grafana/grafana}) cannot be pulled here and"
 log "  cannot be built from Debian packages; the grafana service stays in the compose file for users"
 port_open() {
@@ -417,7 +417,7 @@ log "compose up returned after $((SECONDS - t0)) s"
 # container ID -> state of a service ("running", "exited 0", with "/healthy" if it has a check)
 service_state() {
     local id
-    id=$(compose ps -a -q "$1" 2>/dev/null | head -n 1)
+    id=$(compose ps -a -q "$1" 2>/dev/null | sed -n 1p)
     [[ -n $id ]] || { echo "absent"; return 0; }
     docker inspect -f '{{.State.Status}}{{if eq .State.Status "exited"}} {{.State.ExitCode}}{{end}}{{if .State.Health}}/{{.State.Health.Status}}{{end}}' "$id"
 }

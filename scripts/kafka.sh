@@ -72,7 +72,7 @@ done
 
 [[ -f $POM ]] || die "missing $POM"
 if [[ -z ${KAFKA_VERSION:-} ]]; then
-    KAFKA_VERSION=$(sed -n 's:.*<kafka\.version>\([^<]*\)</kafka\.version>.*:\1:p' "$POM" | head -n 1)
+    KAFKA_VERSION=$(sed -n 's:.*<kafka\.version>\([^<]*\)</kafka\.version>.*:\1:p' "$POM" | sed -n 1p)
     [[ -n $KAFKA_VERSION ]] || die "cannot read <kafka.version> from $POM"
 fi
 KAFKA_HOME="$KANARY_CACHE/kafka-$KAFKA_VERSION"

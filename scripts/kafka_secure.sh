@@ -133,8 +133,9 @@ EOF
     keytool -importcert -noprompt -alias kanary-test-ca -file "$CERTS/ca.pem" \
         -keystore "$CERTS/truststore.p12" -storetype PKCS12 \
         -storepass "$KAFKA_STORE_PASSWORD" >/dev/null 2>&1 || die "keytool could not write the truststore"
-    keytool -list -keystore "$CERTS/broker.p12" -storetype PKCS12 \
-        -storepass "$KAFKA_STORE_PASSWORD" 2>/dev/null | grep -q PrivateKeyEntry ||
+    entries=$(keytool -list -keystore "$CERTS/broker.p12" -storetype PKCS12 \
+        -storepass "$KAFKA_STORE_PASSWORD" 2>/dev/null) || entries=
+    [[ $entries == *PrivateKeyEntry* ]] ||
         die "Java's keytool cannot read the broker keystore $CERTS/broker.p12"
     log "certificates in $CERTS (CA, broker for localhost/127.0.0.1, keystore, truststore, rogue CA)"
 }

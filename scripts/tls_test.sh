@@ -108,10 +108,14 @@ else
     # A copy: another build of the workspace may replace target/release/kanary meanwhile.
     cp "${CARGO_TARGET_DIR:-$ROOT/target}/release/kanary" "$KANARY"
 fi
-ldd "$KANARY" | grep -q 'libssl\.so' ||
+# Whole outputs, never `ldd | grep -q`: under pipefail, grep -q stopping early can kill the writer
+# with SIGPIPE and fail the pipeline although the match was found.
+linked=$(ldd "$KANARY") || die "ldd cannot read $KANARY"
+[[ $linked == *libssl.so* ]] ||
     die "$KANARY does not link OpenSSL, so it was not built with --features ssl (did another build replace target/release/kanary? run again)"
 HAS_STARTUP_TIMEOUT=0
-if "$KANARY" detect --help | grep -q -- '--startup-timeout'; then
+detect_help=$("$KANARY" detect --help) || die "$KANARY detect --help failed"
+if [[ $detect_help == *--startup-timeout* ]]; then
     HAS_STARTUP_TIMEOUT=1
 fi
 

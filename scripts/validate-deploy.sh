@@ -159,7 +159,7 @@ need promtool prometheus
 promtool check config "$PROM_CONFIG" || die "promtool check config $PROM_CONFIG"
 promtool check rules "$PROM_RULES" || die "promtool check rules $PROM_RULES"
 promtool test rules "$PROM_TESTS" || die "promtool test rules $PROM_TESTS"
-ok "$(promtool --version 2>&1 | head -n 1)"
+ok "$(promtool --version 2>&1 | sed -n 1p)"
 
 # ---------------------------------------------------------------- Grafana
 step "Grafana: dashboard JSON and its queries"

@@ -528,3 +528,74 @@ fn models_lists_the_registry_and_parameters_are_checked() {
     let d = eval_json(&["--input", input]);
     assert_eq!(d[0]["model"], "codev");
 }
+
+/// Shell scripts of the repository (`*.sh` and files whose first line names bash), recursively.
+fn shell_scripts(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            shell_scripts(&path, out);
+        } else if let Ok(text) = std::fs::read_to_string(&path) {
+            let bash = text
+                .lines()
+                .next()
+                .is_some_and(|l| l.starts_with("#!") && l.contains("bash"));
+            if bash || path.extension().is_some_and(|e| e == "sh") {
+                out.push(path);
+            }
+        }
+    }
+}
+
+/// Under `set -o pipefail`, `cmd | grep -q re` and `cmd | head` fail now and then although the
+/// match is there: the reader stops early, the writer dies of SIGPIPE and the pipeline's status
+/// is the writer's. A CI run failed that way (`ldd kanary | grep -q libssl` in tls_test.sh).
+#[test]
+fn no_pipefail_script_cuts_a_pipe_short() {
+    let root = repo();
+    let mut scripts = Vec::new();
+    for dir in ["scripts", ".ci", "deploy"] {
+        if root.join(dir).is_dir() {
+            shell_scripts(&root.join(dir), &mut scripts);
+        }
+    }
+    assert!(scripts.len() > 10, "found only {scripts:?}");
+    let mut bad = Vec::new();
+    for path in &scripts {
+        let text = std::fs::read_to_string(path).unwrap();
+        if !text.contains("pipefail") {
+            continue;
+        }
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split(" #").next().unwrap_or("").trim_start();
+            if code.starts_with('#') || line.trim_end().ends_with("|| true)") {
+                continue;
+            }
+            let cut = code.split('|').skip(1).any(|stage| {
+                let words: Vec<&str> = stage.split_whitespace().collect();
+                match words.first() {
+                    Some(&"head") => true,
+                    Some(&"grep") => words.iter().any(|w| {
+                        w.starts_with('-')
+                            && !w.starts_with("--")
+                            && (w.contains('q') || w.contains('m'))
+                    }),
+                    _ => false,
+                }
+            });
+            if cut {
+                bad.push(format!(
+                    "{}:{}: {}",
+                    path.strip_prefix(&root).unwrap().display(),
+                    n + 1,
+                    line.trim()
+                ));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "pipes cut short under pipefail:\n{}",
+        bad.join("\n")
+    );
+}

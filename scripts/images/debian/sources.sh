@@ -70,7 +70,7 @@ if [[ -z $out ]]; then
     exit 1
 fi
 if [[ $mode == mirror ]]; then
-    printf '%s\n' "$out" | head -n 1
+    printf '%s\n' "${out%%$'\n'*}"
 else
     printf '%s\n' "$out"
 fi
