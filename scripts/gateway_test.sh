@@ -53,8 +53,8 @@
 #   GATEWAY_TEST_OUTAGE           seconds the broker is down in check 6 (default 20)
 #   GATEWAY_TEST_STRICT_DETECTION 1: checks 3 and 4 (what the detector makes of the stress)
 #                                 fail the script; 0 (default): they are measured and
-#                                 reported as MISS, not failed (the default model does not
-#                                 meet them yet at one scrape a second: docs/telemetry.md)
+#                                 reported as MISS, not failed (whether the default model meets
+#                                 them in every run at one scrape a second is open: docs/telemetry.md)
 #   GATEWAY_TEST_HOLD             detect --anomalous-hold in seconds (default 60)
 #   GATEWAY_TEST_DETECT_ARGS      extra arguments of `kanary detect`, word-split, e.g.
 #                                 "--model zscore" (default none: detect's default model)

@@ -55,8 +55,9 @@ typedef struct {
     int TK;           /* trend feature: mean of last TK raw values minus mean of the TK before, / scale (0 = off) */
     int rebuild;      /* 1: when the first inverse arrives, refill H1/H2 with the warm-up features' distances under it,
                          cross-validated over CV_FOLDS folds (tried, off: section 4) */
-    int span;         /* events of the persistence channel m (2: the 2-event mean, the default); 0 = about 10 minutes
-                         of events, round(600 * epd / 86400) clipped to [2, 16], their median (tried, off: section 4) */
+    int span;         /* events of the persistence channel m (2: the 2-event mean); 0 (the default) = about 10 minutes
+                         of events, round(600 * epd / 86400) clipped to [2, 16], their median: 2 at 5-minute steps (so
+                         the 2-event mean there), 16 at one event a second (section 4) */
 } Params;
 
 typedef struct {
@@ -496,7 +497,7 @@ int main(int argc, char **argv) {
     int K = argc > 3 ? atoi(argv[3]) : 7, TK = argc > 4 ? atoi(argv[4]) : 0, RG = argc > 5 ? atoi(argv[5]) : 1, W = argc > 6 ? atoi(argv[6]) : 72;
     Params p = {.W = 72, .K = 7, .P = 288, .zclip = 10, .relmin = 0, .dir = 0, .ridge = 0.3, .C = 2016, .Ccov = 8640,
                 .inv_every = 288, .rho = 0.1, .target = 0, .kappa = 1, .epd = 288, .epd_i = 288, .pt = 0.02, .ximax = 0, .a1 = 1, .thr = 1,
-                .thr_off = 0.5, .maxhold = 12, .confirm = 1, .warm = 0, .freeze = 1, .calall = 0, .jointlearn = 0, .CU = 0, .LR = 0, .tfloor = 3.0, .diag = 0, .hdecay = 0.97, .SZ = 1, .sgate = 1, .RG = 1, .TK = 0, .rebuild = 0, .span = 2};
+                .thr_off = 0.5, .maxhold = 12, .confirm = 1, .warm = 0, .freeze = 1, .calall = 0, .jointlearn = 0, .CU = 0, .LR = 0, .tfloor = 3.0, .diag = 0, .hdecay = 0.97, .SZ = 1, .sgate = 1, .RG = 1, .TK = 0, .rebuild = 0, .span = 0};
     p.K = K; p.TK = TK; p.RG = RG; p.W = W;
     double *X = malloc(sizeof(double) * n * M);
     uint64_t s = 12345;

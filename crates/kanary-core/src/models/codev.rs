@@ -14,8 +14,11 @@
 //!   seasonal deviation `(x − S)/s`.
 //!
 //! Joint structure: a running covariance of the 3M features (a 30-day memory) and its ridge
-//! inverse `A`, refreshed daily; `d = fᵀAf` is the one-event channel and the mean of the last
-//! two `d` the two-event channel. Calibration: each channel keeps a 7-day log-histogram of its
+//! inverse `A`, refreshed daily; `d = fᵀAf` is the one-event channel, and the persistence
+//! channel `m` is the median of the last `span` values of `d`: about ten minutes of events,
+//! which is the mean of the last two at 5-minute steps and 16 events at one a second (a
+//! lasting change, such as a saturated CPU, stands out there while one-event spikes do not).
+//! Calibration: each channel keeps a 7-day log-histogram of its
 //! own values and extrapolates an exponential tail from its 98th and 96th percentiles to the
 //! rate `ρ` per day; `R = max(d/T1, m/T2)` reads "beyond what this service reaches about ρ
 //! times a day", on any series and any scale. The knob is stated as expected false pages per
@@ -61,6 +64,10 @@ const FLOOR: f64 = 3.0;
 /// the warm-up needs anyway, so no event that could be scored waits for it: at one event a
 /// second (a node scraped every second) the first minute.
 const PROBE: usize = 60;
+/// Longest persistence channel, in events.
+const MAX_SPAN: usize = 16;
+/// Seconds the automatic persistence channel spans.
+const SPAN_SECONDS: f64 = 600.0;
 /// Scales, MADs and thresholds are refreshed every this many events.
 const REFRESH: u64 = 12;
 /// Histogram: bin 0 for x <= 1e-4, 160 bins of 1/8 decade from 1e-4, one overflow bin.
@@ -126,6 +133,9 @@ pub struct CodevParams {
     pub max_hold: usize,
     /// An alarm ends when the score falls below this share of its threshold.
     pub release: f64,
+    /// Events of the persistence channel: the median of the last `span` one-event distances
+    /// (2: the mean of two). 0: about ten minutes of events, from 2 at 5-minute steps to 16.
+    pub span: usize,
     /// Decay per event of the held episode score.
     pub decay: f64,
 }
@@ -143,6 +153,7 @@ impl Default for CodevParams {
             memory: 8640,
             max_hold: 12,
             release: 0.5,
+            span: 0,
             decay: 0.97,
         }
     }
@@ -181,6 +192,10 @@ impl ModelParams for CodevParams {
         ),
         ("max_hold", "most flagged events of one alarm"),
         ("release", "an alarm ends below this share of its threshold"),
+        (
+            "span",
+            "events of the persistence channel, the median of the last span distances (0: about 10 minutes of events, 2 at 5-minute steps, at most 16)",
+        ),
         ("decay", "per-event decay of the held episode score"),
     ];
 
@@ -223,6 +238,12 @@ impl ModelParams for CodevParams {
         }
         if !(0.0..=1.0).contains(&self.release) {
             return Err(InvalidParam::new("release", "must be in [0, 1]"));
+        }
+        if self.span == 1 || self.span > MAX_SPAN {
+            return Err(InvalidParam::new(
+                "span",
+                format!("must be 0 (automatic) or 2 to {MAX_SPAN}"),
+            ));
         }
         if !(0.0..1.0).contains(&self.decay) {
             return Err(InvalidParam::new("decay", "must be in [0, 1)"));
@@ -466,6 +487,9 @@ pub struct Codev {
     h1: Hist,
     h2: Hist,
     d_prev: f64,
+    /// One-event distances of the last `span − 1` events, oldest first (spans above 2).
+    #[serde(default)]
+    d_ring: VecDeque<f64>,
     t1: f64,
     t2: f64,
     t: u64,
@@ -511,6 +535,7 @@ impl Codev {
             h1: Hist::new(),
             h2: Hist::new(),
             d_prev: 0.0,
+            d_ring: VecDeque::new(),
             t1: 0.0,
             t2: 0.0,
             t: 0,
@@ -564,6 +589,16 @@ impl Codev {
             last = Some(self.update(row));
         }
         last
+    }
+
+    /// Events of the persistence channel.
+    fn span(&self) -> usize {
+        if self.params.span > 0 {
+            return self.params.span;
+        }
+        (SPAN_SECONDS * self.per_day / 86_400.0)
+            .round()
+            .clamp(2.0, MAX_SPAN as f64) as usize
     }
 
     /// The spec's per-event update (research/real/FINDINGS.md §2).
@@ -689,7 +724,8 @@ impl Codev {
                 1.0 / m_n as f64
             };
         }
-        let dm = 0.5 * (d + self.d_prev);
+        let span = self.span();
+        let dm = persistence(&mut self.d_ring, span, d, self.d_prev);
         // Calibration.
         let r = rho_for_pages(p.pages_per_day) / self.per_day;
         if self.t % REFRESH == 0 || self.t1 <= 0.0 {
@@ -771,6 +807,33 @@ impl Codev {
             start,
         }
     }
+}
+
+/// The persistence channel for one-event distance `d`: the median of `d` and the previous
+/// `span − 1` distances in `ring` (the mean of `d` and `d_prev` for a span of 2). A median: one
+/// spike does not hold it up for `span` events, a change lasting half the span moves it. Keeps
+/// `d` in `ring` for spans above 2.
+fn persistence(ring: &mut VecDeque<f64>, span: usize, d: f64, d_prev: f64) -> f64 {
+    if span == 2 {
+        return 0.5 * (d + d_prev);
+    }
+    let mut v = [0.0f64; MAX_SPAN];
+    let n = ring.len() + 1;
+    for (slot, x) in v.iter_mut().zip(ring.iter().chain([&d])) {
+        *slot = *x;
+    }
+    let v = &mut v[..n];
+    v.sort_by(f64::total_cmp);
+    let m = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    };
+    while ring.len() + 1 >= span {
+        ring.pop_front();
+    }
+    ring.push_back(d);
+    m
 }
 
 /// (A + ridge·I)⁻¹ of a symmetric positive definite `n × n` matrix by Cholesky; `None` when it
@@ -919,6 +982,47 @@ mod tests {
         }
         assert_eq!(w.counts.iter().sum::<u32>(), 5);
         assert!(w.quantile(0.99) < 0.02);
+    }
+
+    #[test]
+    fn the_persistence_channel_spans_about_ten_minutes_and_ignores_one_spike() {
+        let mut c = Codev::new(CodevParams::default(), 1);
+        for (per_day, span) in [
+            (288.0, 2),
+            (960.0, 7),
+            (86_400.0, 16),
+            (864_000.0, 16),
+            (24.0, 2),
+        ] {
+            c.per_day = per_day;
+            assert_eq!(c.span(), span, "{per_day} events a day");
+        }
+        c.params.span = 5;
+        assert_eq!(c.span(), 5);
+        // Span 2: the mean of this distance and the previous one.
+        let mut ring = VecDeque::new();
+        assert_eq!(persistence(&mut ring, 2, 4.0, 2.0), 3.0);
+        assert!(ring.is_empty());
+        // Span 5: one spike among calm distances leaves the median calm; high distances in
+        // three of the last five events move it.
+        let mut ring = VecDeque::new();
+        let calm: Vec<f64> = [1.0, 2.0, 1.0, 100.0, 2.0]
+            .iter()
+            .map(|&d| persistence(&mut ring, 5, d, 0.0))
+            .collect();
+        assert_eq!(calm, [1.0, 1.5, 1.0, 1.5, 2.0]);
+        assert_eq!(ring.len(), 4);
+        assert_eq!(persistence(&mut ring, 5, 50.0, 0.0), 2.0);
+        assert_eq!(persistence(&mut ring, 5, 60.0, 0.0), 50.0);
+        assert_eq!(ring, [100.0, 2.0, 50.0, 60.0]);
+        // Only 0 (automatic) and 2..=16 are spans.
+        for (span, ok) in [(0, true), (1, false), (2, true), (16, true), (17, false)] {
+            let p = CodevParams {
+                span,
+                ..CodevParams::default()
+            };
+            assert_eq!(p.validate().is_ok(), ok, "span {span}");
+        }
     }
 
     #[test]
