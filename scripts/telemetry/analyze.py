@@ -2,7 +2,7 @@
 """The checks of scripts/gateway_test.sh over what it consumed from Kafka and received.
 
     analyze.py events      --events F --entity E --min-features N --max-features N
-    analyze.py calm        --anomalies F --entity E --until T [--max 1]
+    analyze.py calm        --anomalies F --entity E --until T [--max 1] [--events F] [--quiet]
     analyze.py stress      --anomalies F --entity E --start T [--within 15] [--top 3]
                            [--events F --end T]
     analyze.py webhook     --file F --alert NAME --entity E --status firing|resolved
@@ -142,8 +142,20 @@ def top_contributions(rec: dict, n: int):
 def cmd_calm(a) -> int:
     mine, total, invalid = anomalies_for(a.anomalies, a.entity)
     calm = [r for r in mine if r["ts"] < a.until]
-    for r in calm:
-        detail(f"anomaly at {fmt_t(r['ts'])} score {r.get('score')} threshold {r.get('threshold')}")
+    node = []
+    if a.events:
+        records, _ = load_records(a.events, keyed=True)
+        node = [r for _, r in records if r.get("service") == a.entity and isinstance(r.get("ts"), (int, float))]
+    for r in calm if not a.quiet else []:
+        top = top_contributions(r, 3)
+        detail(f"anomaly at {fmt_t(r['ts'])} score {r.get('score')} threshold {r.get('threshold')}; top 3: "
+               + ", ".join(f"{k}={v:.3g}" for k, v in top))
+        # What the machine did: a calm period on a shared machine is not always calm.
+        before = [busy_cpus(e) for e in node if r["ts"] - 60 <= e["ts"] < r["ts"] - 5]
+        around = [busy_cpus(e) for e in node if r["ts"] - 5 <= e["ts"] <= r["ts"]]
+        if before and around:
+            detail(f"  busy CPUs: {sum(before) / len(before):.2f} in the minute before it, "
+                   f"{max(around):.2f} at most in its last 5 s")
     ok = len(calm) <= a.max and not invalid
     return verdict(
         ok,
@@ -450,6 +462,8 @@ def main() -> int:
     p.add_argument("--entity", required=True)
     p.add_argument("--until", type=float, required=True)
     p.add_argument("--max", type=int, default=1)
+    p.add_argument("--events", help="the node's events (keyed dump): busy CPUs around each record")
+    p.add_argument("--quiet", action="store_true", help="only the verdict")
     p.set_defaults(fn=cmd_calm)
 
     p = sub.add_parser("stress")
