@@ -47,17 +47,21 @@
 # Environment:
 #   KANARY                        kanary binary (default <repo>/target/release/kanary)
 #   GATEWAY_TEST_TRAIN            detect --train: events per service before scoring (default 120)
-#   GATEWAY_TEST_CALM             seconds of calm before the stress (default 400: the default
-#                                 model scores from its 360th event)
+#   GATEWAY_TEST_CALM             seconds of calm before the stress (default 2400: the default
+#                                 model scores from about its 300th event, but its calibration
+#                                 holds the larger distances of those first events until about
+#                                 its 2,320th, a quiet start of 39 minutes at one scrape a
+#                                 second; docs/telemetry.md)
 #   GATEWAY_TEST_STRESS           seconds of stress-ng (default 60)
 #   GATEWAY_TEST_RESOLVE_TIMEOUT  seconds after the stress to wait for the resolved alert
 #                                 (default 300)
 #   GATEWAY_TEST_OUTAGE           seconds the broker is down in check 6 (default 20)
-#   GATEWAY_TEST_STRICT_DETECTION 1: the detection checks (2's bar of one calm record, 3 and
-#                                 4: what the detector makes of the machine) fail the
-#                                 script; 0 (default): they are measured and
-#                                 reported as MISS, not failed (whether the default model meets
-#                                 them in every run at one scrape a second is open: docs/telemetry.md)
+#   GATEWAY_TEST_STRICT_DETECTION 1: a miss of the detection checks (2's bar of one calm
+#                                 record, 3 and 4: what the detector makes of the machine)
+#                                 fails the script; 0: they are measured and reported as MISS,
+#                                 not failed. Default: 1 when the calm outlasts the quiet start
+#                                 (GATEWAY_TEST_CALM >= 2340), else 0 (a stress inside the quiet
+#                                 start is missed in about half of the runs)
 #   GATEWAY_TEST_HOLD             detect --anomalous-hold in seconds (default 60)
 #   GATEWAY_TEST_DETECT_ARGS      extra arguments of `kanary detect`, word-split, e.g.
 #                                 "--model zscore" (default none: detect's default model)
@@ -73,13 +77,17 @@ KANARY=${KANARY:-$REPO_ROOT/target/release/kanary}
 
 TRAIN=${GATEWAY_TEST_TRAIN:-120}
 # The default model (codev) learns the events per day from its first 60 events and scores
-# after 300 learned ones: at one scrape a second, five minutes.
-CALM=${GATEWAY_TEST_CALM:-400}
+# after 300 learned ones: at one scrape a second, five minutes. Its thresholds come from a
+# window of 2,016 distances whose first 288 were measured before the joint metric existed
+# and run several times larger; they leave the window between about the 2,030th and the
+# 2,320th event (docs/models.md, "A quiet start"). The stress comes after that.
+QUIET_START=2340
+CALM=${GATEWAY_TEST_CALM:-2400}
 STRESS=${GATEWAY_TEST_STRESS:-60}
 RESOLVE_TIMEOUT=${GATEWAY_TEST_RESOLVE_TIMEOUT:-300}
 OUTAGE=${GATEWAY_TEST_OUTAGE:-20}
 DETECT_ARGS=${GATEWAY_TEST_DETECT_ARGS:-}
-STRICT_DETECTION=${GATEWAY_TEST_STRICT_DETECTION:-0}
+STRICT_DETECTION=${GATEWAY_TEST_STRICT_DETECTION:-}
 # Anomaly records for the node in the calm period beyond which check 2 always fails.
 CALM_FLOOD=5
 # detect --anomalous-hold: the alert's gauge stays 1 this long after an alarm starts (the
@@ -139,6 +147,11 @@ left() { awk -v d="$1" -v a="$2" -v b="$(now)" 'BEGIN { l = d - (b - a); printf 
 for v in TRAIN CALM STRESS RESOLVE_TIMEOUT OUTAGE HOLD; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "GATEWAY_TEST_$v must be whole seconds, got '${!v}'"
 done
+if [[ -z $STRICT_DETECTION ]]; then
+    if ((CALM >= QUIET_START)); then STRICT_DETECTION=1; else STRICT_DETECTION=0; fi
+fi
+[[ $STRICT_DETECTION == [01] ]] ||
+    die "GATEWAY_TEST_STRICT_DETECTION must be 0 or 1, got '$STRICT_DETECTION'"
 
 # --------------------------------------------------------------------------- results
 results=()
@@ -558,6 +571,11 @@ check_auth() {
 # --------------------------------------------------------------------------- 2. calm
 check_calm() {
     step "2. calm: $CALM s of ordinary load from Prometheus' start (detect trains on $TRAIN events)"
+    if [[ $STRICT_DETECTION == 1 ]]; then
+        log "detection checks (2 calm, 3, 4) fail the script when missed"
+    else
+        log "detection checks (2 calm, 3, 4) are reported as MISS, not failed (GATEWAY_TEST_STRICT_DETECTION=0, or a calm of less than $QUIET_START s: the model's quiet start)"
+    fi
     while ((SECONDS < RUN_START_S + CALM)); do
         ensure_running
         sleep 5
@@ -569,9 +587,9 @@ check_calm() {
         --min-features 20 --max-features 30 --require 'node_cpu_seconds_total:rate{' \
         --require node_load1 --require node_memory_MemAvailable_bytes --not-prefix kanary/ || true
     consume "$ANOMALIES" "$WORK/anomalies-calm.jsonl"
-    # At most one record is the issue's bar for the detector (a detection check, like 3 and 4:
-    # a shared machine is not always calm, and the model has had five minutes of history); a
-    # flood of them means a broken detector and always fails.
+    # At most one record is the bar for the detector (a detection check, like 3 and 4: it
+    # fails the script when the calm outlasts the model's quiet start, see
+    # GATEWAY_TEST_STRICT_DETECTION); a flood of them means a broken detector and always fails.
     detection_checks
     check 2 analyze calm --anomalies "$WORK/anomalies-calm.jsonl" --entity "$NODE_ENTITY" \
         --until "$CALM_END" --max 1 --events "$WORK/events-calm.jsonl" || true
