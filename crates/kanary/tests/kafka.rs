@@ -867,10 +867,31 @@ fn evicted_services_are_saved_and_come_back_and_metrics_stay_bounded() {
     assert_eq!(services.len(), 51, "{services:?}");
     assert!(services.contains("_other"));
     drop(d); // a graceful stop writes what is still on its way
-    let files = std::fs::read_dir(state.join("codev.services"))
-        .unwrap()
-        .count();
-    assert!(files >= 2_500, "{files} per-service files");
+    // A restart on the same state directory finds the evicted services' states (each is loaded
+    // with its service's next event).
+    let again = Service::detect(
+        "codev",
+        &topic,
+        &group,
+        &state,
+        dir.join("detect-again.log"),
+        &["--max-services", "500"],
+    );
+    let saved = wait_for(
+        Duration::from_secs(30),
+        "the saved services indexed",
+        || {
+            let log = again.log_text();
+            let line = log.lines().find(|l| l.contains("saved per service"))?;
+            line.split("services=")
+                .nth(1)?
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<usize>()
+                .ok()
+        },
+    );
+    assert!(saved >= 2_500, "{saved} services saved");
 }
 
 #[test]
@@ -918,9 +939,14 @@ fn a_hundred_thousand_services_fit_a_256_mib_budget_and_lose_no_event() {
     assert_eq!(sum_samples(&m, "detector_events_total", &[]), 200_000.0);
     assert!(rss < 300.0, "peak RSS {rss:.0} MB");
     assert!(m.len() < 1_000_000, "/metrics is {} bytes", m.len());
-    // Throughput is reported, not asserted: every evicted service is one file write and
-    // every returning one a file read, so this run goes at the disk's pace (a few thousand
-    // events/s here against ~150k for one service); see docs/deploy.md.
+    // Nearly every event here evicts one service and restores another (round robin over
+    // 100,000 services, about 20,000 fit the budget): 0.24-0.33 of one service's rate here
+    // (docs/deploy.md). One file per service managed 0.06; this floor catches a return to
+    // anything like it.
+    assert!(
+        many_rate >= 0.12 * one_rate,
+        "100k services at {many_rate:.0} events/s, one service at {one_rate:.0}"
+    );
 }
 
 #[test]

@@ -314,8 +314,8 @@ async fn run_service(
             tracing::info!(path = %path.display(), services = n, "resumed {kind} models");
         }
     }
-    // Services kept out of memory (evicted, or fitted on the stream): one file each, loaded
-    // when the service's next event comes.
+    // Services kept out of memory (evicted, or fitted on the stream): append-only segments,
+    // each state loaded when its service's next event comes.
     let kinds = pipeline.kinds();
     let store = ServiceStore::open(&s.state_dir, &kinds)?;
     for &kind in &kinds {

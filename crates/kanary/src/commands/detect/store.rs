@@ -1,94 +1,141 @@
-//! One file per service for the states `detect` keeps out of memory: services evicted to stay
-//! within `--max-services` / `--memory-budget`, and models fitted on the stream. Saving one
-//! service never rewrites another's file.
+//! The states `detect` keeps out of memory: services evicted to stay within `--max-services` /
+//! `--memory-budget`, and models fitted on the stream. Saving one service never rewrites
+//! another's state.
 //!
-//! Layout: `<state-dir>/<model>.services/<name>.kanary`, each a model file (the format of
-//! `kanary train`) holding one service. `<name>` is the service name with every byte outside
-//! `[A-Za-z0-9._-]` written as `%XX`; a name longer than [`MAX_NAME`] bytes that way is
-//! written `#<16 hex digits of its hash>` (the file holds the real name, checked on load).
+//! Layout: `<state-dir>/<model>.services/states-<N>.log`, append-only segments of records
 //!
-//! Files are written by a background thread, so the scoring thread never waits on the disk
-//! to save; until a file is written, its state is served from memory. Writes are atomic
-//! (temporary file, rename) but not fsynced one by one: after a power cut a service may come
-//! back older or warm up again, which costs detection quality for a while, never events.
+//! ```text
+//! "KSR1" | name length (u32 LE) | state length (u32 LE) | CRC-32 of name and state (u32 LE)
+//!        | service name (UTF-8) | state (a model file, the format of `kanary train`, one service)
+//! ```
+//!
+//! The newest record of a service wins. An index in memory maps each service to its newest
+//! record (about a hundred bytes per service); a state is read with one positioned read when
+//! its service comes back. Each start appends to a new segment. When the segments hold more
+//! than twice the bytes of the newest records (and over [`COMPACT_MIN`]), the newest records
+//! are copied to a new segment and the old segments are deleted.
+//!
+//! Records are appended by a background thread, so the scoring thread never waits on the disk
+//! to save; until a record is written, its state is served from memory. Records are not
+//! fsynced: after a power cut a segment may end in a torn record, which ends the scan of that
+//! segment with a warning (its later services come back older or warm up again, which costs
+//! detection quality for a while, never events).
+//!
+//! Earlier versions wrote one file per service (`<name>.kanary` in the same folder); such
+//! files are moved into a segment when the store opens.
 
-use std::collections::{HashMap, HashSet};
-use std::fs;
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use kanary_core::detector::ModelKind;
-use kanary_core::persist::ModelFile;
+use kanary_core::persist::{ModelFile, crc32};
 
 /// States handed to the writer and not on disk yet, at most.
 const MAX_PENDING: usize = 2048;
 
-/// Longest escaped service name used as a file name as is.
-const MAX_NAME: usize = 180;
+/// States appended between two flushes of the segment, at most.
+const MAX_BATCH: usize = 4096;
+
+/// Segments smaller than this in total are never compacted.
+const COMPACT_MIN: u64 = 64 << 20;
+
+const MAGIC: &[u8; 4] = b"KSR1";
+const HEADER: u64 = 16;
 
 type Key = (ModelKind, String);
 
+/// Where the newest state of a service is: its segment, and the offset and length of the
+/// state's bytes there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Loc {
+    segment: u32,
+    offset: u64,
+    len: u32,
+}
+
+impl Loc {
+    /// Bytes of the whole record.
+    fn record(&self, name: &str) -> u64 {
+        HEADER + name.len() as u64 + u64::from(self.len)
+    }
+}
+
 struct Inner {
-    state_dir: PathBuf,
-    /// Services with a saved state (on disk or on its way), per model.
-    index: Mutex<HashMap<ModelKind, HashSet<String>>>,
+    /// Services with a saved state, per model: where it is on disk, or `None` while its only
+    /// state is on its way.
+    index: Mutex<HashMap<ModelKind, HashMap<String, Option<Loc>>>>,
+    /// Open segments, for reading.
+    segments: Mutex<HashMap<(ModelKind, u32), Arc<File>>>,
     /// States handed to the writer and not yet on disk.
     pending: Mutex<HashMap<Key, Arc<ModelFile>>>,
     /// The first write error: the service must stop (its states would be lost).
     failed: OnceLock<String>,
 }
 
-/// The per-service state files of `detect` (cheap to clone; one writer thread).
+/// The per-service states of `detect` (cheap to clone; one writer thread).
 #[derive(Clone)]
 pub(super) struct ServiceStore {
     inner: Arc<Inner>,
     tx: SyncSender<Key>,
 }
 
+/// The segment records are appended to.
+struct Active {
+    id: u32,
+    path: PathBuf,
+    out: BufWriter<File>,
+    len: u64,
+}
+
+/// What the writer thread knows of one model's segments.
+struct Segments {
+    kind: ModelKind,
+    dir: PathBuf,
+    next_id: u32,
+    /// Opened on the first write, so a state directory that went away is noticed then.
+    active: Option<Active>,
+    /// Bytes in all segments, and in the newest records among them.
+    total: u64,
+    live: u64,
+    /// Segments smaller than this in total are never compacted.
+    compact_min: u64,
+}
+
 impl ServiceStore {
-    /// Opens the store under `state_dir` for `kinds`, indexing the files already there, and
-    /// starts its writer thread.
+    /// Opens the store under `state_dir` for `kinds`, indexing the segments already there
+    /// (and moving per-service files of earlier versions into one), and starts its writer.
     pub(super) fn open(state_dir: &Path, kinds: &[ModelKind]) -> Result<Self> {
-        let mut index = HashMap::new();
-        for &kind in kinds {
-            let dir = services_dir(state_dir, kind);
-            fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            let mut names = HashSet::new();
-            for entry in
-                fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?
-            {
-                let entry = entry?;
-                let file = entry.file_name();
-                let file = file.to_string_lossy();
-                let Some(stem) = file.strip_suffix(".kanary") else {
-                    continue; // temporary files of an interrupted write, and the like
-                };
-                if stem.starts_with('#') {
-                    // A hashed name: the file knows the service.
-                    if let Ok(f) = crate::modelio::load(&entry.path(), Some(kind))
-                        && let Some(name) = service_of(&f)
-                    {
-                        names.insert(name);
-                    }
-                } else if let Some(name) = unescape(stem) {
-                    names.insert(name);
-                }
-            }
-            index.insert(kind, names);
-        }
+        Self::open_with(state_dir, kinds, COMPACT_MIN)
+    }
+
+    fn open_with(state_dir: &Path, kinds: &[ModelKind], compact_min: u64) -> Result<Self> {
         let inner = Arc::new(Inner {
-            state_dir: state_dir.to_path_buf(),
-            index: Mutex::new(index),
+            index: Mutex::new(HashMap::new()),
+            segments: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             failed: OnceLock::new(),
         });
+        let mut all = Vec::with_capacity(kinds.len());
+        for &kind in kinds {
+            all.push(Segments::open(&inner, state_dir, kind, compact_min)?);
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel::<Key>(100_000);
         let writer = inner.clone();
         std::thread::Builder::new()
             .name("kanary-store".into())
-            .spawn(move || write_loop(&writer, rx))?;
+            .spawn(move || {
+                if let Err(e) = write_loop(&writer, rx, &mut all) {
+                    let _ = writer
+                        .failed
+                        .set(format!("cannot save service states: {e:#}"));
+                }
+            })?;
         Ok(ServiceStore { inner, tx })
     }
 
@@ -111,7 +158,8 @@ impl ServiceStore {
             .unwrap()
             .entry(kind)
             .or_default()
-            .insert(key.1.clone());
+            .entry(key.1.clone())
+            .or_insert(None);
         // Bounded memory for states on their way: wait for the writer when it is this far
         // behind (the scoring thread then runs at the disk's pace).
         while self.inner.pending.lock().unwrap().len() >= MAX_PENDING
@@ -133,26 +181,23 @@ impl ServiceStore {
     }
 
     /// The saved state of `service`, if there is one (from memory while its write is pending,
-    /// else from its file). An unreadable file is logged and treated as absent.
+    /// else from its segment). An unreadable state is logged and treated as absent.
     pub(super) fn get(&self, kind: ModelKind, service: &str) -> Option<ModelFile> {
-        if !self
-            .inner
-            .index
-            .lock()
-            .unwrap()
-            .get(&kind)
-            .is_some_and(|s| s.contains(service))
-        {
-            return None;
-        }
         let key = (kind, service.to_string());
+        // Pending first: the writer records a state's place before it drops it from pending.
         if let Some(f) = self.inner.pending.lock().unwrap().get(&key) {
             return Some((**f).clone());
         }
-        let path = file_of(&self.inner.state_dir, kind, service);
-        match crate::modelio::load(&path, Some(kind)) {
-            Ok(f) if service_of(&f).as_deref() == Some(service) => Some(f),
-            Ok(_) => None, // a hash collision: another service's file
+        // The index is held while the segment is looked up: a compaction points the index at
+        // the new segment before it drops the old one.
+        let (loc, segment) = {
+            let index = self.inner.index.lock().unwrap();
+            let loc = (*index.get(&kind)?.get(service)?)?;
+            let segments = self.inner.segments.lock().unwrap();
+            (loc, segments.get(&(kind, loc.segment)).cloned()?)
+        };
+        match read_state(&segment, loc, kind, service) {
+            Ok(f) => Some(f),
             Err(e) => {
                 tracing::warn!(service, "saved state not usable, starting afresh: {e:#}");
                 None
@@ -187,37 +232,367 @@ impl ServiceStore {
     }
 }
 
-fn write_loop(inner: &Inner, rx: Receiver<Key>) {
-    while let Ok(key) = rx.recv() {
-        // Take the newest version of the state (and keep serving it until it is on disk).
-        let Some(file) = inner.pending.lock().unwrap().get(&key).cloned() else {
-            continue;
-        };
-        let path = file_of(&inner.state_dir, key.0, &key.1);
-        if let Err(e) = write(&path, &file) {
-            let _ = inner
-                .failed
-                .set(format!("cannot save {}: {e:#}", path.display()));
-            return;
+fn read_state(segment: &File, loc: Loc, kind: ModelKind, service: &str) -> Result<ModelFile> {
+    let mut bytes = vec![0u8; loc.len as usize];
+    segment
+        .read_exact_at(&mut bytes, loc.offset)
+        .context("cannot read its segment")?;
+    let file = ModelFile::decode(&bytes)?;
+    if file.kind != kind || service_of(&file).as_deref() != Some(service) {
+        bail!("its record holds another model or service");
+    }
+    Ok(file)
+}
+
+impl Segments {
+    fn open(inner: &Inner, state_dir: &Path, kind: ModelKind, compact_min: u64) -> Result<Self> {
+        let dir = services_dir(state_dir, kind);
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut ids = Vec::new();
+        let mut legacy = Vec::new();
+        for entry in fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(id) = segment_id(&name) {
+                ids.push(id);
+            } else if name.ends_with(".kanary") {
+                legacy.push(entry.path());
+            }
         }
-        let mut pending = inner.pending.lock().unwrap();
-        // Only if no newer version arrived meanwhile (that one is queued again).
-        if pending.get(&key).is_some_and(|f| Arc::ptr_eq(f, &file)) {
-            pending.remove(&key);
+        ids.sort_unstable();
+        let mut index: HashMap<String, Option<Loc>> = HashMap::new();
+        let mut total = 0;
+        for &id in &ids {
+            let path = dir.join(segment_name(id));
+            let file =
+                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            total += file.metadata()?.len();
+            let (records, end) = scan(&file, id, |name, loc| {
+                index.insert(name, Some(loc));
+            })
+            .with_context(|| format!("cannot read {}", path.display()))?;
+            if let Some(end) = end {
+                tracing::warn!(
+                    path = %path.display(), records, offset = end,
+                    "saved states end in a torn or corrupt record; the states after it are lost \
+                     (their services warm up again)"
+                );
+            }
+            inner
+                .segments
+                .lock()
+                .unwrap()
+                .insert((kind, id), Arc::new(file));
+        }
+        let live = index
+            .iter()
+            .map(|(n, l)| l.map_or(0, |l| l.record(n)))
+            .sum();
+        inner.index.lock().unwrap().insert(kind, index);
+        let mut s = Segments {
+            kind,
+            dir,
+            next_id: ids.last().map_or(0, |i| i + 1),
+            active: None,
+            total,
+            live,
+            compact_min,
+        };
+        s.migrate(inner, &legacy)?;
+        Ok(s)
+    }
+
+    /// Moves per-service files of earlier versions into the active segment.
+    fn migrate(&mut self, inner: &Inner, files: &[PathBuf]) -> Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let mut placed = Vec::new();
+        for path in files {
+            let f = match crate::modelio::load(path, Some(self.kind)) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!("saved state not usable, its service starts afresh: {e:#}");
+                    continue;
+                }
+            };
+            let Some(name) = service_of(&f) else { continue };
+            let bytes = fs::read(path)?;
+            placed.push((name.clone(), self.append(inner, &name, &bytes)?));
+        }
+        self.sync_batch(inner, placed)?;
+        for path in files {
+            fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+        tracing::info!(
+            dir = %self.dir.display(), files = files.len(),
+            "moved per-service state files into a segment"
+        );
+        Ok(())
+    }
+
+    /// Appends one record to the active segment (opening one if there is none).
+    fn append(&mut self, inner: &Inner, name: &str, state: &[u8]) -> Result<Loc> {
+        if self.active.is_none() {
+            let id = self.next_id;
+            self.next_id += 1;
+            let path = self.dir.join(segment_name(id));
+            let file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            let reader =
+                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            inner
+                .segments
+                .lock()
+                .unwrap()
+                .insert((self.kind, id), Arc::new(reader));
+            self.active = Some(Active {
+                id,
+                path,
+                out: BufWriter::with_capacity(1 << 20, file),
+                len: 0,
+            });
+        }
+        let a = self.active.as_mut().expect("opened above");
+        let len = u32::try_from(state.len()).context("a service state over 4 GiB")?;
+        let name_len = u32::try_from(name.len()).context("a service name over 4 GiB")?;
+        let mut checked = Vec::with_capacity(name.len() + state.len());
+        checked.extend_from_slice(name.as_bytes());
+        checked.extend_from_slice(state);
+        let mut header = [0u8; HEADER as usize];
+        header[..4].copy_from_slice(MAGIC);
+        header[4..8].copy_from_slice(&name_len.to_le_bytes());
+        header[8..12].copy_from_slice(&len.to_le_bytes());
+        header[12..].copy_from_slice(&crc32(&checked).to_le_bytes());
+        let write = |out: &mut BufWriter<File>| -> std::io::Result<()> {
+            out.write_all(&header)?;
+            out.write_all(&checked)
+        };
+        write(&mut a.out).with_context(|| format!("cannot write {}", a.path.display()))?;
+        let loc = Loc {
+            segment: a.id,
+            offset: a.len + HEADER + name.len() as u64,
+            len,
+        };
+        a.len += HEADER + checked.len() as u64;
+        self.total += HEADER + checked.len() as u64;
+        Ok(loc)
+    }
+
+    /// Makes a batch of appended records readable: flushes the segment, checks that it is
+    /// still where it was written, and points the index at the new records.
+    fn sync_batch(&mut self, inner: &Inner, placed: Vec<(String, Loc)>) -> Result<()> {
+        let Some(a) = self.active.as_mut() else {
+            return Ok(());
+        };
+        a.out
+            .flush()
+            .with_context(|| format!("cannot write {}", a.path.display()))?;
+        // Writes to an open file succeed after its folder is deleted or replaced; the states
+        // would be lost with the process.
+        fs::metadata(&a.path).with_context(|| {
+            format!(
+                "the state segment {} is gone (was the state directory removed?)",
+                a.path.display()
+            )
+        })?;
+        let mut index = inner.index.lock().unwrap();
+        let index = index.entry(self.kind).or_default();
+        for (name, loc) in placed {
+            let old = index.insert(name.clone(), Some(loc));
+            if let Some(Some(old)) = old {
+                self.live = self.live.saturating_sub(old.record(&name));
+            }
+            self.live += loc.record(&name);
+        }
+        Ok(())
+    }
+
+    /// Copies the newest records to a new segment and deletes the old ones, when the old
+    /// versions outweigh them.
+    fn maybe_compact(&mut self, inner: &Inner) -> Result<()> {
+        if self.total < self.compact_min || self.total <= 2 * self.live {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let before = self.total;
+        let mut old: Vec<u32> = inner
+            .segments
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|(k, _)| *k == self.kind)
+            .map(|&(_, id)| id)
+            .collect();
+        old.sort_unstable();
+        if let Some(a) = self.active.take() {
+            let mut out = a.out;
+            out.flush()
+                .with_context(|| format!("cannot write {}", a.path.display()))?;
+        }
+        let live: Vec<(String, Loc)> = inner
+            .index
+            .lock()
+            .unwrap()
+            .get(&self.kind)
+            .into_iter()
+            .flatten()
+            .filter_map(|(n, l)| Some((n.clone(), (*l)?)))
+            .collect();
+        // The live bytes stay: each record is replaced by a copy of the same size.
+        self.total = 0;
+        let mut placed = Vec::with_capacity(live.len());
+        for (name, loc) in live {
+            let segment = inner
+                .segments
+                .lock()
+                .unwrap()
+                .get(&(self.kind, loc.segment))
+                .cloned()
+                .context("a saved state's segment is not open")?;
+            let mut bytes = vec![0u8; loc.len as usize];
+            segment
+                .read_exact_at(&mut bytes, loc.offset)
+                .context("cannot read a segment to compact it")?;
+            let new = self.append(inner, &name, &bytes)?;
+            placed.push((name, new));
+        }
+        self.sync_batch(inner, placed)?;
+        let mut segments = inner.segments.lock().unwrap();
+        for id in old {
+            segments.remove(&(self.kind, id));
+            let path = self.dir.join(segment_name(id));
+            fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+        tracing::info!(
+            dir = %self.dir.display(), before, after = self.total,
+            seconds = started.elapsed().as_secs_f64(),
+            "compacted the saved service states"
+        );
+        Ok(())
+    }
+}
+
+/// Reads the records of a segment in order, handing each to `found`. Returns how many were
+/// read and, if the segment ends in a torn or corrupt record, the offset where it starts.
+fn scan(file: &File, id: u32, mut found: impl FnMut(String, Loc)) -> Result<(u64, Option<u64>)> {
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut offset = 0u64;
+    let mut records = 0;
+    let mut body = Vec::new();
+    loop {
+        let mut header = [0u8; HEADER as usize];
+        match read_full(&mut r, &mut header)? {
+            0 => return Ok((records, None)),
+            n if n < header.len() => return Ok((records, Some(offset))),
+            _ => {}
+        }
+        let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().expect("4 bytes"));
+        let (name_len, len, crc) = (word(4), word(8), word(12));
+        if &header[..4] != MAGIC {
+            return Ok((records, Some(offset)));
+        }
+        body.resize(name_len as usize + len as usize, 0);
+        if read_full(&mut r, &mut body)? < body.len() || crc32(&body) != crc {
+            return Ok((records, Some(offset)));
+        }
+        let Ok(name) = std::str::from_utf8(&body[..name_len as usize]) else {
+            return Ok((records, Some(offset)));
+        };
+        found(
+            name.to_string(),
+            Loc {
+                segment: id,
+                offset: offset + HEADER + u64::from(name_len),
+                len,
+            },
+        );
+        records += 1;
+        offset += HEADER + body.len() as u64;
+    }
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(n)
+}
+
+fn write_loop(inner: &Inner, rx: Receiver<Key>, all: &mut [Segments]) -> Result<()> {
+    // States replaced while their older version was being written: written again.
+    let mut again: Vec<Key> = Vec::new();
+    loop {
+        let mut keys = std::mem::take(&mut again);
+        if keys.is_empty() {
+            match rx.recv() {
+                Ok(k) => keys.push(k),
+                Err(_) => return Ok(()),
+            }
+        }
+        while keys.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(k) => keys.push(k),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        // Take the newest version of each state (and keep serving it until it is on disk).
+        let files: Vec<(Key, Arc<ModelFile>)> = {
+            let pending = inner.pending.lock().unwrap();
+            keys.into_iter()
+                .filter_map(|k| {
+                    let f = pending.get(&k)?.clone();
+                    Some((k, f))
+                })
+                .collect()
+        };
+        let mut placed: HashMap<ModelKind, Vec<(String, Loc)>> = HashMap::new();
+        for ((kind, name), file) in &files {
+            let s = all
+                .iter_mut()
+                .find(|s| s.kind == *kind)
+                .context("a state of a model the store was not opened for")?;
+            let bytes = file.encode()?;
+            let loc = s.append(inner, name, &bytes)?;
+            placed.entry(*kind).or_default().push((name.clone(), loc));
+        }
+        for s in all.iter_mut() {
+            if let Some(p) = placed.remove(&s.kind) {
+                s.sync_batch(inner, p)?;
+            }
+        }
+        {
+            let mut pending = inner.pending.lock().unwrap();
+            for (key, file) in &files {
+                // A newer version that arrived meanwhile was not queued (its key was pending):
+                // it goes in the next batch.
+                match pending.get(key) {
+                    Some(f) if Arc::ptr_eq(f, file) => {
+                        pending.remove(key);
+                    }
+                    Some(_) => again.push(key.clone()),
+                    None => {}
+                }
+            }
+        }
+        for s in all.iter_mut() {
+            s.maybe_compact(inner)?;
         }
     }
 }
 
-/// Atomic (temporary file, rename), without an fsync per file: see the module docs.
-fn write(path: &Path, file: &ModelFile) -> Result<()> {
-    let bytes = file.encode()?;
-    let tmp = path.with_extension("kanary.tmp");
-    fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot rename {}", tmp.display()))?;
-    Ok(())
-}
-
-/// The one service a per-service file holds.
+/// The one service a per-service state holds.
 fn service_of(f: &ModelFile) -> Option<String> {
     f.detectors
         .first()
@@ -229,70 +604,184 @@ pub(super) fn services_dir(state_dir: &Path, kind: ModelKind) -> PathBuf {
     state_dir.join(format!("{}.services", kind.name()))
 }
 
-fn file_of(state_dir: &Path, kind: ModelKind, service: &str) -> PathBuf {
-    services_dir(state_dir, kind).join(format!("{}.kanary", file_stem(service)))
+fn segment_name(id: u32) -> String {
+    format!("states-{id:08}.log")
 }
 
-fn file_stem(service: &str) -> String {
-    let mut out = String::with_capacity(service.len());
-    for b in service.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    // "." and ".." are not names a file can have.
-    if out.len() > MAX_NAME || out.chars().all(|c| c == '.') {
-        // FNV-1a: stable across builds, unlike the standard library's hasher.
-        let h = service.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        return format!("#{h:016x}");
-    }
-    out
-}
-
-fn unescape(stem: &str) -> Option<String> {
-    let bytes = stem.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = stem.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+fn segment_id(file: &str) -> Option<u32> {
+    file.strip_prefix("states-")?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kanary_core::detector::DetectorConfig;
+    use kanary_core::engine::{Engine, EngineConfig};
+    use kanary_core::event::Event;
+    use std::time::Duration;
+
+    /// A streaming model: its state differs after every event.
+    fn kind() -> ModelKind {
+        ModelKind::named("codev").unwrap()
+    }
+
+    /// A one-service state of `service` after `n` events (so versions differ by `n`).
+    fn state(service: &str, n: usize) -> ModelFile {
+        let mut engine = Engine::new(EngineConfig {
+            train_events: 5,
+            ..EngineConfig::new(DetectorConfig::new(kind()))
+        });
+        for i in 0..n {
+            let json = format!(r#"{{"service":"{service}","ts":{i},"cpu":{}}}"#, i % 7);
+            engine.process(&Event::parse(json.as_bytes()).unwrap(), 0.0);
+        }
+        let mut streams = engine.streams();
+        let (name, st) = streams.pop().expect("one service");
+        let mut f = ModelFile::new(kind(), 0.0);
+        f.streams.push((name, st));
+        f
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kanary-store-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn segments(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(services_dir(dir, kind()))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
 
     #[test]
-    fn file_names_round_trip_and_stay_short_and_safe() {
-        for name in [
-            "checkout",
-            "a b/c",
-            "../etc",
-            "é",
-            "%41",
-            ".",
-            "x".repeat(300).as_str(),
-        ] {
-            let stem = file_stem(name);
-            assert!(stem.len() <= MAX_NAME + 1, "{stem}");
-            assert!(!stem.contains('/') && stem != "." && stem != "..", "{stem}");
-            if !stem.starts_with('#') {
-                assert_eq!(unescape(&stem).as_deref(), Some(name));
+    fn states_come_back_in_their_newest_version_after_a_restart() {
+        let dir = temp("restart");
+        let names = ["checkout", "a b/c", "../etc", "é", ""];
+        {
+            let store = ServiceStore::open(&dir, &[kind()]).unwrap();
+            for (i, name) in names.iter().enumerate() {
+                store.put(kind(), name.to_string(), state(name, 10 + i));
             }
+            // A second version of one service, while the first may still be on its way.
+            store.put(kind(), "checkout".into(), state("checkout", 40));
+            assert_eq!(store.count(kind()), names.len());
+            // Served from memory or disk alike.
+            assert_eq!(store.get(kind(), "checkout"), Some(state("checkout", 40)));
+            store.flush(Duration::from_secs(10)).unwrap();
+            assert_eq!(store.get(kind(), "checkout"), Some(state("checkout", 40)));
+            assert_eq!(store.get(kind(), "absent"), None);
         }
-        assert_eq!(file_stem("a b"), "a%20b");
-        assert!(file_stem(&"y".repeat(300)).starts_with('#'));
+        let store = ServiceStore::open(&dir, &[kind()]).unwrap();
+        assert_eq!(store.count(kind()), names.len());
+        assert_eq!(store.get(kind(), "checkout"), Some(state("checkout", 40)));
+        for (i, name) in names.iter().enumerate().skip(1) {
+            assert_eq!(store.get(kind(), name), Some(state(name, 10 + i)), "{name}");
+        }
+        // All in one segment file, whatever the names.
+        assert_eq!(segments(&dir), ["states-00000000.log"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_last_record_loses_only_that_record() {
+        let dir = temp("torn");
+        {
+            let store = ServiceStore::open(&dir, &[kind()]).unwrap();
+            store.put(kind(), "one".into(), state("one", 10));
+            store.flush(Duration::from_secs(10)).unwrap();
+            store.put(kind(), "two".into(), state("two", 10));
+            store.flush(Duration::from_secs(10)).unwrap();
+        }
+        let path = services_dir(&dir, kind()).join("states-00000000.log");
+        let len = fs::metadata(&path).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 5).unwrap(); // a power cut in the middle of the second write
+        drop(f);
+        let store = ServiceStore::open(&dir, &[kind()]).unwrap();
+        assert_eq!(store.get(kind(), "one"), Some(state("one", 10)));
+        assert_eq!(store.get(kind(), "two"), None);
+        // New records go to a new segment, after the torn one.
+        store.put(kind(), "two".into(), state("two", 12));
+        store.flush(Duration::from_secs(10)).unwrap();
+        drop(store);
+        let store = ServiceStore::open(&dir, &[kind()]).unwrap();
+        assert_eq!(store.get(kind(), "two"), Some(state("two", 12)));
+        assert_eq!(
+            segments(&dir),
+            ["states-00000000.log", "states-00000001.log"]
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn compaction_keeps_the_newest_states_and_deletes_old_segments() {
+        let dir = temp("compact");
+        let store = ServiceStore::open_with(&dir, &[kind()], 4096).unwrap();
+        for round in 0..6 {
+            for s in 0..20 {
+                let name = format!("svc-{s}");
+                store.put(kind(), name.clone(), state(&name, 10 + round));
+            }
+            store.flush(Duration::from_secs(10)).unwrap();
+        }
+        let check = |store: &ServiceStore| {
+            for s in 0..20 {
+                let name = format!("svc-{s}");
+                assert_eq!(store.get(kind(), &name), Some(state(&name, 15)), "{name}");
+            }
+        };
+        check(&store);
+        drop(store);
+        let files = segments(&dir);
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_ne!(files[0], "states-00000000.log");
+        let bytes = fs::metadata(services_dir(&dir, kind()).join(&files[0]))
+            .unwrap()
+            .len();
+        let one = state("svc-0", 15).encode().unwrap().len() as u64;
+        // Compacted at most a round or two ago: far from six versions of every state.
+        assert!(bytes < 20 * 3 * (one + 32), "{bytes} bytes");
+        check(&ServiceStore::open(&dir, &[kind()]).unwrap());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn per_service_files_of_earlier_versions_move_into_a_segment() {
+        let dir = temp("migrate");
+        let sub = services_dir(&dir, kind());
+        fs::create_dir_all(&sub).unwrap();
+        fs::write(sub.join("a%20b.kanary"), state("a b", 9).encode().unwrap()).unwrap();
+        fs::write(
+            sub.join("#0123456789abcdef.kanary"),
+            state("long", 8).encode().unwrap(),
+        )
+        .unwrap();
+        fs::write(sub.join("bad.kanary"), b"not a model").unwrap();
+        let store = ServiceStore::open(&dir, &[kind()]).unwrap();
+        assert_eq!(store.count(kind()), 2);
+        assert_eq!(store.get(kind(), "a b"), Some(state("a b", 9)));
+        assert_eq!(store.get(kind(), "long"), Some(state("long", 8)));
+        assert_eq!(segments(&dir), ["states-00000000.log"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_removed_state_directory_is_a_write_failure() {
+        let dir = temp("removed");
+        let store = ServiceStore::open(&dir, &[kind()]).unwrap();
+        store.put(kind(), "one".into(), state("one", 10));
+        store.flush(Duration::from_secs(10)).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        store.put(kind(), "two".into(), state("two", 10));
+        let e = store.flush(Duration::from_secs(10)).unwrap_err();
+        assert!(e.contains("is gone"), "{e}");
+        assert_eq!(store.failure(), Some(e));
     }
 }
