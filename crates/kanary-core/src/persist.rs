@@ -72,13 +72,7 @@ impl ModelFile {
     /// Installs every service's model or streaming state in `engine`, which must run the
     /// file's kind. Returns the number of services installed.
     pub fn install(&self, engine: &mut Engine) -> Result<usize, String> {
-        let kind = engine.config().detector.kind;
-        if kind != self.kind {
-            return Err(format!(
-                "the file holds `{}` models, the engine runs `{kind}`",
-                self.kind
-            ));
-        }
+        self.check_kind(engine)?;
         for (service, m) in &self.detectors {
             engine.insert_model(service.clone(), m.clone());
         }
@@ -86,6 +80,30 @@ impl ModelFile {
             engine.insert_stream(service.clone(), st.clone())?;
         }
         Ok(self.detectors.len() + self.streams.len())
+    }
+
+    /// [`install`](Self::install) without copying the models (a service restored from disk).
+    pub fn install_owned(self, engine: &mut Engine) -> Result<usize, String> {
+        self.check_kind(engine)?;
+        let n = self.detectors.len() + self.streams.len();
+        for (service, m) in self.detectors {
+            engine.insert_model(service, m);
+        }
+        for (service, st) in self.streams {
+            engine.insert_stream(service, st)?;
+        }
+        Ok(n)
+    }
+
+    fn check_kind(&self, engine: &Engine) -> Result<(), String> {
+        let kind = engine.config().detector.kind;
+        if kind != self.kind {
+            return Err(format!(
+                "the file holds `{}` models, the engine runs `{kind}`",
+                self.kind
+            ));
+        }
+        Ok(())
     }
 
     /// Serialises to the versioned binary format.
@@ -162,31 +180,7 @@ impl ModelFile {
 
 /// CRC-32 (IEEE 802.3, reflected, as zlib's `crc32`).
 pub fn crc32(data: &[u8]) -> u32 {
-    const fn table() -> [u32; 256] {
-        let mut t = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            t[i] = c;
-            i += 1;
-        }
-        t
-    }
-    const TABLE: [u32; 256] = table();
-    let mut crc = !0u32;
-    for &b in data {
-        crc = TABLE[((crc ^ b as u32) & 0xFF) as usize] ^ (crc >> 8);
-    }
-    !crc
+    crc32fast::hash(data)
 }
 
 #[cfg(test)]

@@ -417,7 +417,45 @@ impl Detector for Model {
 #[derive(Serialize, Deserialize)]
 struct Saved {
     kind: ModelKind,
+    #[serde(with = "byte_string")]
     state: Vec<u8>,
+}
+
+/// A state's bytes as one byte string rather than a sequence of numbers: the same postcard
+/// encoding (a length, then the bytes), read and written in one copy instead of byte by byte.
+mod byte_string {
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Bytes;
+        impl<'de> Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a model state's bytes")
+            }
+            fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            // Formats without byte strings write a sequence of numbers.
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_byte_buf(Bytes)
+    }
 }
 
 impl Serialize for Model {
@@ -516,4 +554,39 @@ pub fn encode_state<T: Serialize>(state: &T) -> Vec<u8> {
 /// Decodes [`encode_state`] bytes.
 pub fn decode_state<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     postcard::from_bytes(bytes).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout model files had before states were written as byte strings.
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct Plain {
+        kind: ModelKind,
+        state: Vec<u8>,
+    }
+
+    #[test]
+    fn states_as_byte_strings_keep_the_model_file_encoding() {
+        let kind = ModelKind::named("codev").unwrap();
+        let state: Vec<u8> = (0..=255).chain(0..40).collect();
+        let plain = postcard::to_stdvec(&Plain {
+            kind,
+            state: state.clone(),
+        })
+        .unwrap();
+        let saved = postcard::to_stdvec(&Saved {
+            kind,
+            state: state.clone(),
+        })
+        .unwrap();
+        assert_eq!(saved, plain);
+        let back: Saved = postcard::from_bytes(&plain).unwrap();
+        assert_eq!((back.kind, back.state), (kind, state.clone()));
+        // JSON has no byte strings: a sequence of numbers there.
+        let json = serde_json::to_string(&Plain { kind, state }).unwrap();
+        let back: Saved = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.state.len(), 296);
+    }
 }

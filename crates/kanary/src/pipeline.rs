@@ -238,7 +238,7 @@ impl Pipeline {
                     continue;
                 }
                 if let Some(file) = restore(r.kind, &ev.service) {
-                    match file.install(&mut r.engine) {
+                    match file.install_owned(&mut r.engine) {
                         Ok(_) => restored += 1,
                         Err(e) => tracing::warn!(
                             model = r.kind.name(), service = %ev.service,
