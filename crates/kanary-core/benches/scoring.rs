@@ -18,11 +18,17 @@ use kanary_core::persist::ModelFile;
 fn events(service: &str, dim: usize, n: usize, start: usize) -> Vec<Event> {
     (start..start + n)
         .map(|i| {
-            let mut json = format!(r#"{{"service":"{service}","ts":{}"#, 1_700_000_000 + i * 300);
+            let mut json = format!(
+                r#"{{"service":"{service}","ts":{}"#,
+                1_700_000_000 + i * 300
+            );
             for m in 0..dim {
                 let day = (i as f64 * std::f64::consts::TAU / 288.0 + m as f64).sin();
                 let noise = ((i * 7919 + m * 104_729) % 1000) as f64 / 1000.0;
-                json.push_str(&format!(r#","m{m}":{:.4}"#, 50.0 + 20.0 * day + 3.0 * noise));
+                json.push_str(&format!(
+                    r#","m{m}":{:.4}"#,
+                    50.0 + 20.0 * day + 3.0 * noise
+                ));
             }
             json.push('}');
             Event::parse(json.as_bytes()).expect("a valid event")

