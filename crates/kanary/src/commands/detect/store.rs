@@ -505,6 +505,7 @@ impl Segments {
 /// Reads the records of a segment in order, handing each to `found`. Returns how many were
 /// read and, if the segment ends in a torn or corrupt record, the offset where it starts.
 fn scan(file: &File, id: u32, mut found: impl FnMut(String, Loc)) -> Result<(u64, Option<u64>)> {
+    let size = file.metadata()?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut offset = 0u64;
     let mut records = 0;
@@ -521,7 +522,13 @@ fn scan(file: &File, id: u32, mut found: impl FnMut(String, Loc)) -> Result<(u64
         if &header[..4] != MAGIC {
             return Ok((records, Some(offset)));
         }
-        body.resize(name_len as usize + len as usize, 0);
+        // Lengths past the end of the file: a torn record, or a corrupt header (not a reason
+        // to allocate gigabytes).
+        let body_len = u64::from(name_len) + u64::from(len);
+        if offset + HEADER + body_len > size {
+            return Ok((records, Some(offset)));
+        }
+        body.resize(body_len as usize, 0);
         if read_full(&mut r, &mut body)? < body.len() || crc32(&body) != crc {
             return Ok((records, Some(offset)));
         }
@@ -741,6 +748,28 @@ mod tests {
             segments(&dir),
             ["states-00000000.log", "states-00000001.log"]
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_length_loses_the_records_from_there_only() {
+        let dir = temp("length");
+        {
+            let store = ServiceStore::open(&dir, &[kind()]).unwrap();
+            store.put(kind(), "one".into(), state("one", 10));
+            store.put(kind(), "two".into(), state("two", 10));
+            store.flush(Duration::from_secs(10)).unwrap();
+        }
+        let path = services_dir(&dir, kind()).join("states-00000000.log");
+        let mut bytes = fs::read(&path).unwrap();
+        let first = HEADER as usize
+            + u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize
+            + u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        // The second record's state length becomes 4 GiB - 1.
+        bytes[first + 8..first + 12].copy_from_slice(&u32::MAX.to_le_bytes());
+        fs::write(&path, &bytes).unwrap();
+        let store = ServiceStore::open(&dir, &[kind()]).unwrap();
+        assert_eq!(store.count(kind()), 1);
         fs::remove_dir_all(&dir).unwrap();
     }
 
