@@ -72,19 +72,18 @@ impl ModelFile {
     /// Installs every service's model or streaming state in `engine`, which must run the
     /// file's kind. Returns the number of services installed.
     pub fn install(&self, engine: &mut Engine) -> Result<usize, String> {
-        self.check_kind(engine)?;
-        for (service, m) in &self.detectors {
-            engine.insert_model(service.clone(), m.clone());
-        }
-        for (service, st) in &self.streams {
-            engine.insert_stream(service.clone(), st.clone())?;
-        }
-        Ok(self.detectors.len() + self.streams.len())
+        self.clone().install_owned(engine)
     }
 
     /// [`install`](Self::install) without copying the models (a service restored from disk).
     pub fn install_owned(self, engine: &mut Engine) -> Result<usize, String> {
-        self.check_kind(engine)?;
+        let kind = engine.config().detector.kind;
+        if kind != self.kind {
+            return Err(format!(
+                "the file holds `{}` models, the engine runs `{kind}`",
+                self.kind
+            ));
+        }
         let n = self.detectors.len() + self.streams.len();
         for (service, m) in self.detectors {
             engine.insert_model(service, m);
@@ -93,17 +92,6 @@ impl ModelFile {
             engine.insert_stream(service, st)?;
         }
         Ok(n)
-    }
-
-    fn check_kind(&self, engine: &Engine) -> Result<(), String> {
-        let kind = engine.config().detector.kind;
-        if kind != self.kind {
-            return Err(format!(
-                "the file holds `{}` models, the engine runs `{kind}`",
-                self.kind
-            ));
-        }
-        Ok(())
     }
 
     /// Serialises to the versioned binary format.

@@ -200,24 +200,23 @@ impl ServiceStore {
         let key = (kind, service.to_string());
         // Pending first: the writer records a state's place before it drops it from pending.
         let pending = self.inner.pending.lock().unwrap().get(&key).cloned();
-        if let Some(bytes) = pending {
-            return match check_state(&bytes, kind, service) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    tracing::warn!(service, "saved state not usable, starting afresh: {e:#}");
-                    None
-                }
-            };
-        }
-        // The index is held while the segment is looked up: a compaction points the index at
-        // the new segment before it drops the old one.
-        let (loc, segment) = {
-            let index = self.inner.index.lock().unwrap();
-            let loc = (*index.get(&kind)?.get(service)?)?;
-            let segments = self.inner.segments.lock().unwrap();
-            (loc, segments.get(&(kind, loc.segment)).cloned()?)
+        let bytes = match pending {
+            Some(bytes) => Ok(bytes),
+            None => {
+                // The index is held while the segment is looked up: a compaction points the
+                // index at the new segment before it drops the old one.
+                let (loc, segment) = {
+                    let index = self.inner.index.lock().unwrap();
+                    let loc = (*index.get(&kind)?.get(service)?)?;
+                    let segments = self.inner.segments.lock().unwrap();
+                    (loc, segments.get(&(kind, loc.segment)).cloned()?)
+                };
+                read_record(&segment, loc)
+                    .map(Arc::new)
+                    .context("cannot read its segment")
+            }
         };
-        match read_state(&segment, loc, kind, service) {
+        match bytes.and_then(|b| check_state(&b, kind, service)) {
             Ok(f) => Some(f),
             Err(e) => {
                 tracing::warn!(service, "saved state not usable, starting afresh: {e:#}");
@@ -253,12 +252,11 @@ impl ServiceStore {
     }
 }
 
-fn read_state(segment: &File, loc: Loc, kind: ModelKind, service: &str) -> Result<ModelFile> {
+/// The state bytes of the record at `loc`.
+fn read_record(segment: &File, loc: Loc) -> std::io::Result<Vec<u8>> {
     let mut bytes = vec![0u8; loc.len as usize];
-    segment
-        .read_exact_at(&mut bytes, loc.offset)
-        .context("cannot read its segment")?;
-    check_state(&bytes, kind, service)
+    segment.read_exact_at(&mut bytes, loc.offset)?;
+    Ok(bytes)
 }
 
 fn check_state(bytes: &[u8], kind: ModelKind, service: &str) -> Result<ModelFile> {
@@ -292,8 +290,9 @@ impl Segments {
             let path = dir.join(segment_name(id));
             let file =
                 File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-            total += file.metadata()?.len();
-            let (records, end) = scan(&file, id, |name, loc| {
+            let size = file.metadata()?.len();
+            total += size;
+            let (records, end) = scan(&file, id, size, |name, loc| {
                 index.insert(name, Some(loc));
             })
             .with_context(|| format!("cannot read {}", path.display()))?;
@@ -479,10 +478,8 @@ impl Segments {
                 .get(&(self.kind, loc.segment))
                 .cloned()
                 .context("a saved state's segment is not open")?;
-            let mut bytes = vec![0u8; loc.len as usize];
-            segment
-                .read_exact_at(&mut bytes, loc.offset)
-                .context("cannot read a segment to compact it")?;
+            let bytes =
+                read_record(&segment, loc).context("cannot read a segment to compact it")?;
             let new = self.append(inner, &name, &bytes)?;
             placed.push((name, new));
         }
@@ -503,9 +500,14 @@ impl Segments {
 }
 
 /// Reads the records of a segment in order, handing each to `found`. Returns how many were
-/// read and, if the segment ends in a torn or corrupt record, the offset where it starts.
-fn scan(file: &File, id: u32, mut found: impl FnMut(String, Loc)) -> Result<(u64, Option<u64>)> {
-    let size = file.metadata()?.len();
+/// read and, if the segment (`size` bytes) ends in a torn or corrupt record, the offset where
+/// it starts.
+fn scan(
+    file: &File,
+    id: u32,
+    size: u64,
+    mut found: impl FnMut(String, Loc),
+) -> Result<(u64, Option<u64>)> {
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut offset = 0u64;
     let mut records = 0;
