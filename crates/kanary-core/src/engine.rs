@@ -147,6 +147,9 @@ pub struct Engine {
     clock: u64,
     /// Scratch: per-service pending rows in the current batch.
     pending: HashMap<String, Pending>,
+    /// A new streaming model per number of columns, copied for each new service (building one
+    /// parses the model's parameters, which costs more than the copy).
+    fresh: HashMap<usize, Box<dyn StreamingDetector>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -162,6 +165,7 @@ impl Engine {
             services: HashMap::new(),
             clock: 0,
             pending: HashMap::new(),
+            fresh: HashMap::new(),
         }
     }
 
@@ -342,14 +346,20 @@ impl Engine {
     }
 
     /// A new service's first phase: collecting training rows, or a fresh streaming model.
-    fn new_phase(&self, inputs: &[String]) -> Phase {
+    fn new_phase(&mut self, inputs: &[String]) -> Phase {
         let names: Vec<String> = match &self.cfg.window {
             Some(w) => w.names(inputs),
             None => inputs.to_vec(),
         };
-        match self.cfg.detector.new_streaming(names.len()) {
+        let dim = names.len();
+        if !self.fresh.contains_key(&dim)
+            && let Some(model) = self.cfg.detector.new_streaming(dim)
+        {
+            self.fresh.insert(dim, model);
+        }
+        match self.fresh.get(&dim) {
             Some(model) => Phase::Streaming {
-                model,
+                model: model.clone_box(),
                 names: names.into(),
             },
             None => Phase::Warming { rows: Vec::new() },

@@ -31,6 +31,7 @@ pub mod features;
 pub mod models;
 pub mod nab;
 pub mod operator;
+pub mod packed;
 pub mod persist;
 pub mod registry;
 pub mod rng;

@@ -6,10 +6,13 @@
 //! bit each gets its own clear error. The caller does the I/O; atomic writes (temporary file,
 //! fsync, rename) live in the binary.
 
+use std::cell::Cell;
+
 use serde::{Deserialize, Serialize};
 
 use crate::detector::{FittedDetector, ModelKind};
 use crate::engine::{Engine, StreamSnapshot};
+use crate::registry::encode_reusing;
 
 /// First bytes of every model file.
 pub const MAGIC: &[u8; 8] = b"KANARY\0M";
@@ -96,13 +99,22 @@ impl ModelFile {
 
     /// Serialises to the versioned binary format.
     pub fn encode(&self) -> Result<Vec<u8>, PersistError> {
-        let payload = postcard::to_stdvec(self).map_err(|e| PersistError::Encode(e.to_string()))?;
-        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        out.extend_from_slice(&crc32(&payload).to_le_bytes());
-        out.extend_from_slice(&payload);
+        thread_local! {
+            static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+        }
+        let mut out = encode_reusing(&SCRATCH, &[0; HEADER_LEN], self)
+            .map_err(|e| PersistError::Encode(e.to_string()))?;
+        let (head, payload) = out.split_at_mut(HEADER_LEN);
+        let len = (payload.len() as u64).to_le_bytes();
+        let crc = crc32(payload).to_le_bytes();
+        for (at, bytes) in [
+            (0, &MAGIC[..]),
+            (8, &FORMAT_VERSION.to_le_bytes()),
+            (12, &len),
+            (20, &crc),
+        ] {
+            head[at..at + bytes.len()].copy_from_slice(bytes);
+        }
         Ok(out)
     }
 

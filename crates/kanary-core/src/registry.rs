@@ -14,9 +14,11 @@
 //! - *streaming* ([`Build::Streaming`]): scores from the first event and keeps learning
 //!   ([`StreamingDetector`]).
 
+use std::cell::Cell;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
+use std::thread::LocalKey;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -548,7 +550,49 @@ impl<'de> Deserialize<'de> for StreamState {
 
 /// postcard encoding of a model's state (the format of model files).
 pub fn encode_state<T: Serialize>(state: &T) -> Vec<u8> {
-    postcard::to_stdvec(state).expect("model state serialises")
+    encode_tagged(b"", state)
+}
+
+/// [`encode_state`] after `tag`, which names the layout for [`decode_tagged`].
+pub fn encode_tagged<T: Serialize>(tag: &[u8], state: &T) -> Vec<u8> {
+    thread_local! {
+        static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    }
+    encode_reusing(&SCRATCH, tag, state).expect("model state serialises")
+}
+
+/// Decodes [`encode_tagged`] bytes; bytes without `tag` are of an older layout.
+pub fn decode_tagged<T: DeserializeOwned>(tag: &[u8], bytes: &[u8]) -> Result<T, String> {
+    match bytes.strip_prefix(tag) {
+        Some(rest) => decode_state(rest),
+        None => Err(
+            "the state was saved by an earlier version of kanary in a layout this one does not read"
+                .into(),
+        ),
+    }
+}
+
+/// A scratch buffer larger than this is freed after use instead of kept.
+const SCRATCH_KEEP: usize = 4 << 20;
+
+/// `head` followed by the postcard encoding of `value`, serialised through a per-thread
+/// buffer that keeps its capacity: the result is one allocation of its exact size, where
+/// encoding into a fresh vector grows and copies it a dozen times. (Each caller has its own
+/// buffer; a nested call on the same one finds it taken and simply starts a new one.)
+pub(crate) fn encode_reusing<T: Serialize + ?Sized>(
+    scratch: &'static LocalKey<Cell<Vec<u8>>>,
+    head: &[u8],
+    value: &T,
+) -> postcard::Result<Vec<u8>> {
+    let mut buf = scratch.take();
+    buf.clear();
+    buf.extend_from_slice(head);
+    let buf = postcard::to_extend(value, buf)?;
+    let out = buf.to_vec();
+    if buf.capacity() <= SCRATCH_KEEP {
+        scratch.set(buf);
+    }
+    Ok(out)
 }
 
 /// Decodes [`encode_state`] bytes.

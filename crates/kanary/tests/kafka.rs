@@ -940,7 +940,7 @@ fn a_hundred_thousand_services_fit_a_256_mib_budget_and_lose_no_event() {
     assert!(rss < 300.0, "peak RSS {rss:.0} MB");
     assert!(m.len() < 1_000_000, "/metrics is {} bytes", m.len());
     // Nearly every event here evicts one service and restores another (round robin over
-    // 100,000 services, a fraction of them fit the budget): 0.16-0.18 of one service's rate here
+    // 100,000 services, a fraction of them fit the budget): 0.17-0.25 of one service's rate here
     // (docs/deploy.md). One file per service managed 0.06; this floor catches a return to
     // anything like it.
     assert!(

@@ -43,8 +43,8 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::registry::{
-    Build, InvalidParam, ModelParams, ModelSpec, ParamError, ParamMap, Schema, decode_state,
-    encode_state,
+    Build, InvalidParam, ModelParams, ModelSpec, ParamError, ParamMap, Schema, decode_tagged,
+    encode_tagged,
 };
 use crate::streaming::{Step, StreamingDetector};
 use crate::threshold::ThresholdMethod;
@@ -72,6 +72,8 @@ const SPAN_SECONDS: f64 = 600.0;
 const REFRESH: u64 = 12;
 /// Histogram: bin 0 for x <= 1e-4, 160 bins of 1/8 decade from 1e-4, one overflow bin.
 const BINS: usize = 160;
+/// Leads a saved state: its layout (numbers as byte strings, histograms as their bins).
+const LAYOUT: &[u8] = b"codev/2:";
 const BIN_LO: f64 = -4.0;
 const BIN_W: f64 = 0.125;
 
@@ -279,18 +281,44 @@ fn new_streaming(
 }
 
 fn load_streaming(bytes: &[u8]) -> Result<Box<dyn StreamingDetector>, String> {
-    let m: Codev = decode_state(bytes)?;
+    let m: Codev = decode_tagged(LAYOUT, bytes)?;
     if m.metrics.len() != m.dim || m.cov.len() != (3 * m.dim).pow(2) {
         return Err("codev: state does not match its number of metrics".into());
     }
     Ok(Box::new(m))
 }
 
-/// A sliding histogram of the last `cap` values of a channel.
+/// A sliding histogram of the last `cap` values of a channel (saved as its bins only).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "SavedHist")]
 struct Hist {
+    #[serde(with = "crate::packed::deque")]
     bins: VecDeque<u8>,
+    #[serde(skip)]
     counts: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct SavedHist {
+    #[serde(with = "crate::packed::deque")]
+    bins: VecDeque<u8>,
+}
+
+impl TryFrom<SavedHist> for Hist {
+    type Error = String;
+
+    fn try_from(h: SavedHist) -> Result<Hist, String> {
+        let mut counts = vec![0; BINS + 2];
+        for &b in &h.bins {
+            *counts
+                .get_mut(b as usize)
+                .ok_or_else(|| format!("codev: histogram bin {b} out of range"))? += 1;
+        }
+        Ok(Hist {
+            bins: h.bins,
+            counts,
+        })
+    }
 }
 
 impl Hist {
@@ -367,15 +395,19 @@ impl Hist {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Metric {
     /// Learned values in arrival order, and the same sorted.
+    #[serde(with = "crate::packed::deque")]
     ring: VecDeque<f64>,
+    #[serde(with = "crate::packed::vec")]
     sorted: Vec<f64>,
     /// |steps| between consecutive learned values (at most `window`) and their sum.
+    #[serde(with = "crate::packed::deque")]
     steps: VecDeque<f64>,
     step_sum: f64,
     last: Option<f64>,
     /// Cached 1.4826·MAD.
     mad: Option<f64>,
     /// Seasonal history: one value per event (the value if learned, else the level).
+    #[serde(with = "crate::packed::deque")]
     season: VecDeque<f64>,
 }
 
@@ -474,21 +506,26 @@ pub struct Codev {
     params: CodevParams,
     dim: usize,
     /// The first events' timestamps and rows, until the events per day are known.
+    #[serde(with = "crate::packed::vec")]
     probe_ts: Vec<f64>,
+    #[serde(with = "crate::packed::vec")]
     probe_rows: Vec<f64>,
     /// Events per day (for the rate) and per seasonal lag (0: no seasonal context).
     per_day: f64,
     period: usize,
     metrics: Vec<Metric>,
+    #[serde(with = "crate::packed::vec")]
     mu: Vec<f64>,
+    #[serde(with = "crate::packed::vec")]
     cov: Vec<f64>,
+    #[serde(with = "crate::packed::opt_vec")]
     inv: Option<Vec<f64>>,
     n_cov: u64,
     h1: Hist,
     h2: Hist,
     d_prev: f64,
     /// One-event distances of the last `span − 1` events, oldest first (spans above 2).
-    #[serde(default)]
+    #[serde(with = "crate::packed::deque")]
     d_ring: VecDeque<f64>,
     t1: f64,
     t2: f64,
@@ -497,6 +534,7 @@ pub struct Codev {
     age: usize,
     held: f64,
     /// Outputs of the last event.
+    #[serde(with = "crate::packed::vec")]
     contrib: Vec<f64>,
     /// Scratch: features and A·f.
     #[serde(skip)]
@@ -927,7 +965,7 @@ impl StreamingDetector for Codev {
     }
 
     fn save(&self) -> Vec<u8> {
-        encode_state(self)
+        encode_tagged(LAYOUT, self)
     }
 }
 
@@ -949,6 +987,66 @@ impl ClampScore for Step {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_restored_from_its_bytes_continues_exactly() {
+        // Small windows, so every ring and histogram has wrapped by the time it is saved (a
+        // wrapped deque is written as its two halves); a day of 48 events gives seasonal lags.
+        let params = CodevParams {
+            window: 20,
+            calibration: 300,
+            memory: 400,
+            days: 2,
+            span: 4,
+            ..CodevParams::default()
+        };
+        let mut rng = crate::rng::Rng::new(3);
+        let rows: Vec<(f64, Vec<f64>)> = (0..1200)
+            .map(|i| {
+                let day = (i as f64 * std::f64::consts::TAU / 48.0).sin();
+                // An incident: an hour of every metric far off.
+                let off = if i % 97 < 2 { 30.0 } else { 0.0 };
+                let x = vec![
+                    10.0 + 3.0 * day + rng.normal(0.0, 0.5) + off,
+                    rng.uniform_range(0.0, 1.0) + off,
+                    5.0 + off,
+                ];
+                (i as f64 * 1800.0, x)
+            })
+            .collect();
+        let mut a = Codev::new(params, 3);
+        for (ts, x) in &rows[..900] {
+            a.step(*ts, x);
+        }
+        assert!(a.per_day > 0.0 && a.inv.is_some());
+        assert!(a.metrics[0].ring.len() == 20 && a.h1.bins.len() == 300);
+        let bytes = a.save();
+        assert!(bytes.starts_with(LAYOUT));
+        let mut b = load_streaming(&bytes).unwrap();
+        assert_eq!(b.save(), bytes);
+        let mut flagged = 0;
+        for (ts, x) in &rows[900..] {
+            let (sa, sb) = (a.step(*ts, x), b.step(*ts, x));
+            assert_eq!(sa.score.to_bits(), sb.score.to_bits());
+            assert_eq!((sa.flagged, sa.alarm_start), (sb.flagged, sb.alarm_start));
+            flagged += sa.flagged as usize;
+        }
+        assert!(flagged > 0, "the incidents are flagged");
+        // A state of the layout before this one is refused.
+        assert!(load_streaming(&bytes[LAYOUT.len()..]).is_err());
+    }
+
+    #[test]
+    fn a_histogram_bin_out_of_range_is_refused_not_counted() {
+        let mut h = Hist::new();
+        h.bins.push_back(7);
+        let good = postcard::to_stdvec(&h).unwrap();
+        let back: Hist = postcard::from_bytes(&good).unwrap();
+        assert_eq!((back.counts[7], back.counts.iter().sum::<u32>()), (1, 1));
+        h.bins.push_back((BINS + 2) as u8);
+        let bad = postcard::to_stdvec(&h).unwrap();
+        assert!(postcard::from_bytes::<Hist>(&bad).is_err());
+    }
 
     #[test]
     fn the_knob_maps_pages_to_rho_through_the_calibration() {
