@@ -282,7 +282,15 @@ fn new_streaming(
 
 fn load_streaming(bytes: &[u8]) -> Result<Box<dyn StreamingDetector>, String> {
     let m: Codev = decode_tagged(LAYOUT, bytes)?;
-    if m.metrics.len() != m.dim || m.cov.len() != (3 * m.dim).pow(2) {
+    let f = 3 * m.dim;
+    let consistent = m.metrics.len() == m.dim
+        && m.cov.len() == f * f
+        && m.mu.len() == f
+        && m.inv.as_ref().is_none_or(|v| v.len() == f * f)
+        && m.contrib.len() == m.dim
+        && m.probe_rows.len() == m.probe_ts.len() * m.dim
+        && m.metrics.iter().all(|x| x.sorted.len() == x.ring.len());
+    if !consistent {
         return Err("codev: state does not match its number of metrics".into());
     }
     Ok(Box::new(m))
@@ -516,6 +524,7 @@ pub struct Codev {
     metrics: Vec<Metric>,
     #[serde(with = "crate::packed::vec")]
     mu: Vec<f64>,
+    /// Row-major; only its lower triangle (with the diagonal) is kept up to date.
     #[serde(with = "crate::packed::vec")]
     cov: Vec<f64>,
     #[serde(with = "crate::packed::opt_vec")]
@@ -816,13 +825,12 @@ impl Codev {
             for i in 0..fdim {
                 self.mu[i] += a * (self.f[i] - self.mu[i]);
             }
+            // The lower triangle only: the inversion reads nothing else.
             for i in 0..fdim {
                 let di = self.f[i] - self.mu[i];
-                for k in 0..=i {
-                    let c = self.cov[i * fdim + k]
-                        + a * (di * (self.f[k] - self.mu[k]) - self.cov[i * fdim + k]);
-                    self.cov[i * fdim + k] = c;
-                    self.cov[k * fdim + i] = c;
+                let row = &mut self.cov[i * fdim..=i * fdim + i];
+                for ((c, &fk), &mk) in row.iter_mut().zip(&self.f).zip(&self.mu) {
+                    *c += a * (di * (fk - mk) - *c);
                 }
             }
             self.n_cov += 1;
