@@ -316,16 +316,14 @@ impl TryFrom<SavedHist> for Hist {
     type Error = String;
 
     fn try_from(h: SavedHist) -> Result<Hist, String> {
-        let mut counts = vec![0; BINS + 2];
+        let mut out = Hist::new();
         for &b in &h.bins {
-            *counts
+            *out.counts
                 .get_mut(b as usize)
                 .ok_or_else(|| format!("codev: histogram bin {b} out of range"))? += 1;
         }
-        Ok(Hist {
-            bins: h.bins,
-            counts,
-        })
+        out.bins = h.bins;
+        Ok(out)
     }
 }
 
