@@ -58,6 +58,11 @@ typedef struct {
     int span;         /* events of the persistence channel m (2: the 2-event mean); 0 (the default) = about 10 minutes
                          of events, round(600 * epd / 86400) clipped to [2, 16], their median: 2 at 5-minute steps (so
                          the 2-event mean there), 16 at one event a second (section 4) */
+    int qf;           /* 1: a metric whose learned values were all whole numbers, at a whole-number value, has a scale
+                         of at least 1 (a count moving by one is one unit of deviation) (section 4b) */
+    double qz;        /* events per day above which a metric whose steps are whole multiples of a smallest step
+                         (a CPU-seconds counter read every second moves in 0.01 s) has that step as its scale floor
+                         (1440: streams faster than one event a minute) (section 4b) */
 } Params;
 
 typedef struct {
@@ -66,6 +71,8 @@ typedef struct {
     double *dring; double dsum; int dlen; /* |dx| of learned values (W) */
     double last; int has_last;
     double mad;                       /* cached 1.4826 * MAD of the level window (-1 = unset) */
+    double qnt;                       /* quantum of the metric's steps (0 = none found), see step_quantum */
+    int frac;                         /* 1 once a learned value was not a whole number */
     double *hist; int hpos, hlen;     /* seasonal history (K*P learned values, or level substitute) */
     double *qmx, *qmn; long *imx, *imn; int hx, nx, hn, nn; long nlearn; /* monotone deques (ring buffers of size LR+1) */
     double cup, cdn, cup_new, cdn_new; /* CUSUM state (committed) and candidate */
@@ -114,6 +121,17 @@ static double mad_sorted(const double *a, int n, double m) {
         if (dl <= dh) { v = dl; lo--; } else { v = dh; hi++; }
     }
     return v;
+}
+/* The quantum of a metric's steps: the 10th percentile q of the steps above tol, when at least 3 of them and
+ * 90% of them lie within 0.1 q of a whole multiple of q; 0 when they do not; prev when there is no such step. */
+static double step_quantum(const double *steps, int n, double tol, double prev) {
+    double tmp[n > 0 ? n : 1]; int k = 0;
+    for (int i = 0; i < n; i++) if (steps[i] > tol) tmp[k++] = steps[i];
+    if (k == 0) return prev;
+    for (int a = 1; a < k; a++) { double tv = tmp[a]; int b = a - 1; while (b >= 0 && tmp[b] > tv) { tmp[b + 1] = tmp[b]; b--; } tmp[b + 1] = tv; }
+    double q = tmp[(int)(0.1 * (k - 1))]; int ok = 0;
+    for (int a = 0; a < k; a++) { double r = tmp[a] / q; if (fabs(r - floor(r + 0.5)) <= 0.1) ok++; }
+    return (k >= 3 && ok >= 0.9 * k) ? q : prev;
 }
 static int hbin(double x) {
     if (!(x > 0)) return 0;                     /* bin 0: x <= 10^HB_LO (incl. 0) */
@@ -284,12 +302,17 @@ int codev_update(Detector *d, const double *x) {
         double xv = x[j], z = 0, L = xv, sc_j = 1, zs = NAN;   /* zs: seasonal deviation / scale (NAN = no seasonal context) */
         if (m->ns >= 12) {
             L = med_sorted(m->sw, m->ns);
-            if (d->t % 12 == 0 || m->mad < 0) m->mad = 1.4826 * mad_sorted(m->sw, m->ns, L);   /* refreshed every 12 events */
+            if (d->t % 12 == 0 || m->mad < 0) {                  /* refreshed every 12 events */
+                m->mad = 1.4826 * mad_sorted(m->sw, m->ns, L);
+                if (p->epd > p->qz) m->qnt = step_quantum(m->dring, m->dlen, 1e-9 * fabs(L) + 1e-12, m->qnt);
+            }
             double s = m->mad;
             double st = m->dlen ? m->dsum / m->dlen : 0;      /* mean |step| */
             if (st > s) s = st;
             double fl = 1e-9 * fabs(L) + 1e-12;
             if (fl > s) s = fl;
+            if (m->qnt > s) s = m->qnt;                        /* resolution floors (section 4b) */
+            if (p->qf && !m->frac && xv == floor(xv) && s < 1.0) s = 1.0;
             sc_j = s;
             double dv = xv - L;
             if (HL && m->hlen >= p->P) {
@@ -423,6 +446,7 @@ int codev_update(Detector *d, const double *x) {
             while (m->imn[m->hn % cap] <= i - p->LR) { m->hn = (m->hn + 1) % cap; m->nn--; }
             m->nlearn++;
         }
+        if (xv != floor(xv)) m->frac = 1;
         if (m->rlen == p->W) del(m->sw, &m->ns, m->ring[m->rpos]);
         ins(m->sw, &m->ns, xv);
         m->ring[m->rpos] = xv;
@@ -497,7 +521,7 @@ int main(int argc, char **argv) {
     int K = argc > 3 ? atoi(argv[3]) : 7, TK = argc > 4 ? atoi(argv[4]) : 0, RG = argc > 5 ? atoi(argv[5]) : 1, W = argc > 6 ? atoi(argv[6]) : 72;
     Params p = {.W = 72, .K = 7, .P = 288, .zclip = 10, .relmin = 0, .dir = 0, .ridge = 0.3, .C = 2016, .Ccov = 8640,
                 .inv_every = 288, .rho = 0.1, .target = 0, .kappa = 1, .epd = 288, .epd_i = 288, .pt = 0.02, .ximax = 0, .a1 = 1, .thr = 1,
-                .thr_off = 0.5, .maxhold = 12, .confirm = 1, .warm = 0, .freeze = 1, .calall = 0, .jointlearn = 0, .CU = 0, .LR = 0, .tfloor = 3.0, .diag = 0, .hdecay = 0.97, .SZ = 1, .sgate = 1, .RG = 1, .TK = 0, .rebuild = 0, .span = 0};
+                .thr_off = 0.5, .maxhold = 12, .confirm = 1, .warm = 0, .freeze = 1, .calall = 0, .jointlearn = 0, .CU = 0, .LR = 0, .tfloor = 3.0, .diag = 0, .hdecay = 0.97, .SZ = 1, .sgate = 1, .RG = 1, .TK = 0, .rebuild = 0, .span = 0, .qf = 1, .qz = 1440};
     p.K = K; p.TK = TK; p.RG = RG; p.W = W;
     double *X = malloc(sizeof(double) * n * M);
     uint64_t s = 12345;

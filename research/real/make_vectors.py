@@ -2,9 +2,13 @@
    results/vectors_seed.csv   first 6000 events of the seed stream (3 features; P and epd from its timestamps)
    results/vectors_d2s00.csv  first 5760 events (the whole train split) of d2-s00 (19 metrics, P=288, epd=288);
                               needs the full data set (--data DIR): the repository's cut has no d2-s00
+   results/vectors_node1s.csv a made-up node scraped every second (1800 events, epd=86400, no seasonality): two
+                              CPU-time rates read from a 100 Hz counter (steps of 0.01 s, timing jitter), a count
+                              that sits at 0 and moves once, a load-like gauge, and both CPUs saturated from event
+                              1500 to 1559, which exercises the resolution floors (qf, qz)
 Columns: t, x0..x{M-1}, R, flag, H, c0..c{M-1} (contributions). Values printed with %.17g.
-The repository's copies (crates/kanary-core/tests/data/codev_seed.csv, codev_d2s00.csv) are these files cut
-to their first 3000 and 2400 events, with floats in shortest round-trip form."""
+The repository's copies (crates/kanary-core/tests/data/codev_seed.csv, codev_d2s00.csv, codev_node1s.csv) are
+these files, the first two cut to their first 3000 and 2400 events, with floats in shortest round-trip form."""
 import os
 import numpy as np
 import codev, run_sim, load
@@ -23,6 +27,23 @@ def write(path, X, **kw):
     print(path, len(X), "events,", int(fl.sum()), "flagged")
 
 
+def node1s(n=1800):
+    rng = np.random.default_rng(11)
+    dt = 1.0 + rng.uniform(-0.002, 0.002, n)               # scrape timing jitter
+    busy = np.where(rng.random(n) < 0.1, 3, 1) + rng.integers(0, 3, n)   # jiffies of 100 per CPU-second
+    busy[1500:1560] = 100 - rng.integers(0, 2, 60)          # both CPUs saturated
+    user = busy / 100.0 / dt
+    idle = (100 - busy - (rng.random(n) < 0.05)) / 100.0 / dt
+    iowait = (rng.random(n) < 0.03) / 100.0 / dt             # one jiffy now and then
+    blocked = np.zeros(n); blocked[900] = 1                   # a count that moves once
+    load = np.empty(n); load[0] = 0.2
+    for t in range(1, n):
+        target = 2.0 if 1500 <= t < 1560 else 0.2
+        load[t] = load[t - 1] + (target - load[t - 1]) / 60.0 + rng.normal(0, 0.005)
+    return np.column_stack([idle, user, iowait, blocked, np.round(load, 2)])
+
+
+write(os.path.join(OUT, "vectors_node1s.csv"), node1s(), P=0, epd=86400.0)
 X, y, ts = run_sim.load_seed()
 write(os.path.join(OUT, "vectors_seed.csv"), X[:6000], P=codev.events_per_day(ts), epd=codev.epd(ts))
 names = load.services("d2")
