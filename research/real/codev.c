@@ -59,10 +59,10 @@ typedef struct {
                          of events, round(600 * epd / 86400) clipped to [2, 16], their median: 2 at 5-minute steps (so
                          the 2-event mean there), 16 at one event a second (section 4) */
     int qf;           /* 1: a metric whose learned values were all whole numbers, at a whole-number value, has a scale
-                         of at least 1 (a count moving by one is one unit of deviation) (section 4b) */
-    double qz;        /* events per day above which a metric whose steps are whole multiples of a smallest step
-                         (a CPU-seconds counter read every second moves in 0.01 s) has that step as its scale floor
-                         (1440: streams faster than one event a minute) (section 4b) */
+                         of at least 1 (a count moving by one is one unit of deviation) (section 4, "resolution floors") */
+    double qz;        /* tried, off (0): events per day above which a metric whose steps are whole multiples of a
+                         smallest step (a CPU-seconds counter read every second moves in 0.01 s) has that step as its
+                         scale floor (section 4, "resolution floors") */
 } Params;
 
 typedef struct {
@@ -304,14 +304,14 @@ int codev_update(Detector *d, const double *x) {
             L = med_sorted(m->sw, m->ns);
             if (d->t % 12 == 0 || m->mad < 0) {                  /* refreshed every 12 events */
                 m->mad = 1.4826 * mad_sorted(m->sw, m->ns, L);
-                if (p->epd > p->qz) m->qnt = step_quantum(m->dring, m->dlen, 1e-9 * fabs(L) + 1e-12, m->qnt);
+                if (p->qz > 0 && p->epd > p->qz) m->qnt = step_quantum(m->dring, m->dlen, 1e-9 * fabs(L) + 1e-12, m->qnt);
             }
             double s = m->mad;
             double st = m->dlen ? m->dsum / m->dlen : 0;      /* mean |step| */
             if (st > s) s = st;
             double fl = 1e-9 * fabs(L) + 1e-12;
             if (fl > s) s = fl;
-            if (m->qnt > s) s = m->qnt;                        /* resolution floors (section 4b) */
+            if (m->qnt > s) s = m->qnt;                        /* resolution floors (section 4) */
             if (p->qf && !m->frac && xv == floor(xv) && s < 1.0) s = 1.0;
             sc_j = s;
             double dv = xv - L;
@@ -521,7 +521,7 @@ int main(int argc, char **argv) {
     int K = argc > 3 ? atoi(argv[3]) : 7, TK = argc > 4 ? atoi(argv[4]) : 0, RG = argc > 5 ? atoi(argv[5]) : 1, W = argc > 6 ? atoi(argv[6]) : 72;
     Params p = {.W = 72, .K = 7, .P = 288, .zclip = 10, .relmin = 0, .dir = 0, .ridge = 0.3, .C = 2016, .Ccov = 8640,
                 .inv_every = 288, .rho = 0.1, .target = 0, .kappa = 1, .epd = 288, .epd_i = 288, .pt = 0.02, .ximax = 0, .a1 = 1, .thr = 1,
-                .thr_off = 0.5, .maxhold = 12, .confirm = 1, .warm = 0, .freeze = 1, .calall = 0, .jointlearn = 0, .CU = 0, .LR = 0, .tfloor = 3.0, .diag = 0, .hdecay = 0.97, .SZ = 1, .sgate = 1, .RG = 1, .TK = 0, .rebuild = 0, .span = 0, .qf = 1, .qz = 1440};
+                .thr_off = 0.5, .maxhold = 12, .confirm = 1, .warm = 0, .freeze = 1, .calall = 0, .jointlearn = 0, .CU = 0, .LR = 0, .tfloor = 3.0, .diag = 0, .hdecay = 0.97, .SZ = 1, .sgate = 1, .RG = 1, .TK = 0, .rebuild = 0, .span = 0, .qf = 1, .qz = 0};
     p.K = K; p.TK = TK; p.RG = RG; p.W = W;
     double *X = malloc(sizeof(double) * n * M);
     uint64_t s = 12345;

@@ -15,7 +15,7 @@ class Params(ctypes.Structure):
 
 
 DEFAULTS = dict(W=72, K=7, P=288, zclip=10.0, relmin=0.0, dir=0, ridge=0.3, C=2016, Ccov=8640, inv_every=288, rho=0.1, target=0.0, kappa=1.0, epd=288.0, pt=0.02, ximax=0.0,
-                a1=1.0, thr=1.0, thr_off=0.5, maxhold=12, confirm=1, warm=0, freeze=1, calall=0, jointlearn=0, CU=0.0, LR=0, tfloor=3.0, diag=0, hdecay=0.97, SZ=1, sgate=1, RG=1, TK=0, rebuild=0, span=0, qf=1, qz=1440.0)
+                a1=1.0, thr=1.0, thr_off=0.5, maxhold=12, confirm=1, warm=0, freeze=1, calall=0, jointlearn=0, CU=0.0, LR=0, tfloor=3.0, diag=0, hdecay=0.97, SZ=1, sgate=1, RG=1, TK=0, rebuild=0, span=0, qf=1, qz=0.0)
 _lib = None
 DP = ctypes.POINTER(ctypes.c_double); IP = ctypes.POINTER(ctypes.c_int)
 

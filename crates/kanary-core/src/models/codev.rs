@@ -5,10 +5,8 @@
 //! time on the previous `days` days:
 //! - level `L` = median of the window; scale `s` = max(1.4826·MAD, the metric's mean step
 //!   between learned values, 1e-9·|L|): the step-size floor keeps metrics that sit still and
-//!   then jump from producing huge z-scores; and two resolution floors: a count (every learned
-//!   value whole) at a whole value has `s` ≥ 1, and in streams faster than one event a minute a
-//!   metric whose steps are whole multiples of a smallest step has that step as a floor
-//!   (`step_quantum`), so one quantum of change is one unit of deviation;
+//!   then jump from producing huge z-scores; and a count (every learned value whole) at a
+//!   whole value has `s` ≥ 1, so a count moving by one is one unit of deviation;
 //! - seasonal level `S` = median of the values 1..days days earlier (when the stream has a
 //!   whole number of events per day);
 //! - three features, each clipped to ±10: the level deviation (the smaller of `x − L` and
@@ -78,9 +76,6 @@ const BINS: usize = 160;
 /// Leads a saved state: its layout (numbers as byte strings, histograms as their bins).
 const LAYOUT: &[u8] = b"codev/3:";
 const BIN_LO: f64 = -4.0;
-/// Streams with more events a day than this (faster than one a minute) give a metric whose
-/// steps are whole multiples of a smallest step that step as its scale floor.
-const QUANTUM_PER_DAY: f64 = 1440.0;
 const BIN_W: f64 = 0.125;
 
 /// Which changes count.
@@ -418,8 +413,6 @@ struct Metric {
     last: Option<f64>,
     /// Cached 1.4826·MAD.
     mad: Option<f64>,
-    /// The quantum of the steps ([`step_quantum`]; 0: none found).
-    quantum: f64,
     /// A learned value was not a whole number.
     fractional: bool,
     /// Seasonal history: one value per event (the value if learned, else the level).
@@ -436,7 +429,6 @@ impl Metric {
             step_sum: 0.0,
             last: None,
             mad: None,
-            quantum: 0.0,
             fractional: false,
             season: VecDeque::new(),
         }
@@ -513,34 +505,6 @@ impl Metric {
     }
 }
 
-/// The quantum of a metric's steps: the 10th percentile `q` of the steps above `tol`, when
-/// there are at least 3 of them and 90% lie within 0.1·q of a whole multiple of `q` (a count,
-/// or a CPU-seconds counter read every second, which moves in 0.01 s); else `prev`, so a
-/// window that does not show the quantum (timing jitter, no steps) does not drop a floor
-/// found before. `buf` is scratch space.
-fn step_quantum(steps: &VecDeque<f64>, tol: f64, prev: f64, buf: &mut Vec<f64>) -> f64 {
-    buf.clear();
-    buf.extend(steps.iter().copied().filter(|&v| v > tol));
-    let k = buf.len();
-    if k == 0 {
-        return prev;
-    }
-    buf.sort_by(f64::total_cmp);
-    let q = buf[(0.1 * (k - 1) as f64) as usize];
-    let whole = buf
-        .iter()
-        .filter(|&&v| {
-            let r = v / q;
-            (r - (r + 0.5).floor()).abs() <= 0.1
-        })
-        .count();
-    if k >= 3 && whole as f64 >= 0.9 * k as f64 {
-        q
-    } else {
-        prev
-    }
-}
-
 /// Alarm states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum State {
@@ -586,13 +550,11 @@ pub struct Codev {
     /// Outputs of the last event.
     #[serde(with = "crate::packed::vec")]
     contrib: Vec<f64>,
-    /// Scratch: features, A·f, and steps for [`step_quantum`].
+    /// Scratch: features and A·f.
     #[serde(skip)]
     f: Vec<f64>,
     #[serde(skip)]
     af: Vec<f64>,
-    #[serde(skip)]
-    buf: Vec<f64>,
 }
 
 /// The result of one event.
@@ -635,7 +597,6 @@ impl Codev {
             contrib: vec![0.0; dim],
             f: Vec::new(),
             af: Vec::new(),
-            buf: Vec::new(),
         }
     }
 
@@ -708,10 +669,6 @@ impl Codev {
                 level = m.median();
                 if self.t % REFRESH == 0 || m.mad.is_none() {
                     m.mad = Some(1.4826 * m.mad_about(level));
-                    if self.per_day > QUANTUM_PER_DAY {
-                        let tol = 1e-9 * level.abs() + 1e-12;
-                        m.quantum = step_quantum(&m.steps, tol, m.quantum, &mut self.buf);
-                    }
                 }
                 let mut s = m.mad.unwrap_or(0.0);
                 let step = if m.steps.is_empty() {
@@ -719,7 +676,7 @@ impl Codev {
                 } else {
                     m.step_sum / m.steps.len() as f64
                 };
-                s = s.max(step).max(1e-9 * level.abs() + 1e-12).max(m.quantum);
+                s = s.max(step).max(1e-9 * level.abs() + 1e-12);
                 // A count (every learned value whole) at a whole value: one is its resolution.
                 if !m.fractional && xv == xv.floor() {
                     s = s.max(1.0);
@@ -1208,30 +1165,6 @@ mod tests {
         assert_eq!(m.step_sum, 1.0 + 1.0 + 1.0 + 96.0);
     }
 
-    #[test]
-    fn the_step_quantum_is_found_in_whole_multiples_only() {
-        let mut buf = Vec::new();
-        let q = |steps: &[f64], prev: f64, buf: &mut Vec<f64>| {
-            step_quantum(&steps.iter().copied().collect(), 1e-12, prev, buf)
-        };
-        // CPU time read every second: 0.01 s steps, a little timing jitter.
-        let cpu = [
-            0.0, 0.01, 0.02, 0.0101, 0.0, 0.03, 0.0099, 0.02, 0.01, 0.01, 0.04,
-        ];
-        // (Its 10th percentile: one of the jittered steps.)
-        assert_eq!(q(&cpu, 0.0, &mut buf), 0.0099);
-        // Continuous steps have no quantum: the previous one stays (here none).
-        let cont = [
-            0.013, 0.052, 0.0071, 0.031, 0.094, 0.0182, 0.066, 0.0049, 0.041, 0.027,
-        ];
-        assert_eq!(q(&cont, 0.0, &mut buf), 0.0);
-        assert_eq!(q(&cont, 0.01, &mut buf), 0.01);
-        // No step at all, or fewer than 3: the previous quantum stays.
-        assert_eq!(q(&[0.0, 0.0], 1.0, &mut buf), 1.0);
-        assert_eq!(q(&[1.0, 2.0], 0.0, &mut buf), 0.0);
-        assert_eq!(q(&[1.0, 2.0, 1.0], 0.0, &mut buf), 1.0);
-    }
-
     /// One event of a reference vector file: inputs, R, flag, H, contributions.
     type Row = (Vec<f64>, f64, bool, f64, Vec<f64>);
 
@@ -1299,12 +1232,12 @@ mod tests {
     fn matches_the_reference_on_a_node_read_every_second() {
         // A made-up node scraped every second (research/real/make_vectors.py): CPU time rates
         // in 0.01 s steps with timing jitter, a process count that moves from 0 to 1 once (event
-        // 900), a load gauge, and both CPUs saturated from event 1500.
+        // 900; without the count floor, a page), a load gauge, and both CPUs saturated from
+        // event 1500.
         let flagged = check_vectors(include_str!("../../tests/data/codev_node1s.csv"), |t| {
             1.7e9 + t as f64
         });
-        // What the resolution floors are for: one quantum of change pages no one, and the
-        // saturation does at once.
+        // A count moving by one pages no one; the saturation does at once.
         assert!(
             !flagged[300..1500].contains(&true),
             "a page before the saturation"
