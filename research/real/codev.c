@@ -71,7 +71,7 @@ typedef struct {
     double *dring; double dsum; int dlen; /* |dx| of learned values (W) */
     double last; int has_last;
     double mad;                       /* cached 1.4826 * MAD of the level window (-1 = unset) */
-    double qnt;                       /* quantum of the metric's steps (0 = none found), see step_quantum */
+    double qnt;                       /* quantum of the metric's steps (0 = none found; variant qz), see step_quantum */
     int frac;                         /* 1 once a learned value was not a whole number */
     double *hist; int hpos, hlen;     /* seasonal history (K*P learned values, or level substitute) */
     double *qmx, *qmn; long *imx, *imn; int hx, nx, hn, nn; long nlearn; /* monotone deques (ring buffers of size LR+1) */
@@ -122,8 +122,8 @@ static double mad_sorted(const double *a, int n, double m) {
     }
     return v;
 }
-/* The quantum of a metric's steps: the 10th percentile q of the steps above tol, when at least 3 of them and
- * 90% of them lie within 0.1 q of a whole multiple of q; 0 when they do not; prev when there is no such step. */
+/* The quantum of a metric's steps (variant qz > 0, off): the 10th percentile q of the steps above tol, when at
+ * least 3 of them and 90% of them lie within 0.1 q of a whole multiple of q; else prev (kept once found). */
 static double step_quantum(const double *steps, int n, double tol, double prev) {
     double tmp[n > 0 ? n : 1]; int k = 0;
     for (int i = 0; i < n; i++) if (steps[i] > tol) tmp[k++] = steps[i];
