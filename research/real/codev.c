@@ -302,14 +302,14 @@ int codev_update(Detector *d, const double *x) {
         double xv = x[j], z = 0, L = xv, sc_j = 1, zs = NAN;   /* zs: seasonal deviation / scale (NAN = no seasonal context) */
         if (m->ns >= 12) {
             L = med_sorted(m->sw, m->ns);
+            double fl = 1e-9 * fabs(L) + 1e-12;               /* scale floor, and what counts as a step */
             if (d->t % 12 == 0 || m->mad < 0) {                  /* refreshed every 12 events */
                 m->mad = 1.4826 * mad_sorted(m->sw, m->ns, L);
-                if (p->qz > 0 && p->epd > p->qz) m->qnt = step_quantum(m->dring, m->dlen, 1e-9 * fabs(L) + 1e-12, m->qnt);
+                if (p->qz > 0 && p->epd > p->qz) m->qnt = step_quantum(m->dring, m->dlen, fl, m->qnt);
             }
             double s = m->mad;
             double st = m->dlen ? m->dsum / m->dlen : 0;      /* mean |step| */
             if (st > s) s = st;
-            double fl = 1e-9 * fabs(L) + 1e-12;
             if (fl > s) s = fl;
             if (m->qnt > s) s = m->qnt;                        /* resolution floors (section 4) */
             if (p->qf && !m->frac && xv == floor(xv) && s < 1.0) s = 1.0;
