@@ -480,16 +480,25 @@ impl Metric {
         if x != x.floor() {
             self.fractional = true;
         }
-        if self.ring.len() == window
-            && let Some(old) = self.ring.pop_front()
-        {
-            let i = self.sorted.partition_point(|v| *v < old);
-            if i < self.sorted.len() {
-                self.sorted.remove(i);
-            }
+        // The value leaving the window (at `i`) and the one entering (before the `j` values
+        // below it) trade places: the values between them move one step, the rest stay.
+        let leaving = if self.ring.len() == window {
+            self.ring.pop_front()
+        } else {
+            None
+        };
+        let i = leaving.map_or(usize::MAX, |old| self.sorted.partition_point(|v| *v < old));
+        let j = self.sorted.partition_point(|v| *v < x);
+        if i >= self.sorted.len() {
+            self.sorted.insert(j, x);
+        } else if j <= i {
+            self.sorted.copy_within(j..i, j + 1);
+            self.sorted[j] = x;
+        } else {
+            // The leaving value is below `x`: once it is gone, `x` has `j - 1` values below.
+            self.sorted.copy_within(i + 1..j, i);
+            self.sorted[j - 1] = x;
         }
-        let i = self.sorted.partition_point(|v| *v < x);
-        self.sorted.insert(i, x);
         self.ring.push_back(x);
         if let Some(prev) = self.last {
             if self.steps.len() == window
@@ -1163,6 +1172,24 @@ mod tests {
         // |w - 3| = 2, 1, 0, 1, 97: the k = 2 smallest (0-based) is 1.
         assert_eq!(m.mad_about(3.0), 1.0);
         assert_eq!(m.step_sum, 1.0 + 1.0 + 1.0 + 96.0);
+    }
+
+    proptest::proptest! {
+        /// The sorted window holds exactly the ring's values, in order, whatever leaves and
+        /// enters (repeated values, values equal to the one leaving, a window of one).
+        #[test]
+        fn the_sorted_window_is_the_ring_sorted(
+            window in 1usize..12,
+            xs in proptest::collection::vec(-3i8..4, 0..80),
+        ) {
+            let mut m = Metric::new();
+            for &x in &xs {
+                m.learn(f64::from(x) * 0.5, window);
+                let mut want: Vec<f64> = m.ring.iter().copied().collect();
+                want.sort_by(f64::total_cmp);
+                proptest::prop_assert_eq!(&m.sorted, &want);
+            }
+        }
     }
 
     /// One event of a reference vector file: inputs, R, flag, H, contributions.
