@@ -559,11 +559,13 @@ pub struct Codev {
     /// Outputs of the last event.
     #[serde(with = "crate::packed::vec")]
     contrib: Vec<f64>,
-    /// Scratch: features and A·f.
+    /// Scratch: features, A·f and the metrics' levels.
     #[serde(skip)]
     f: Vec<f64>,
     #[serde(skip)]
     af: Vec<f64>,
+    #[serde(skip)]
+    levels: Vec<f64>,
 }
 
 /// The result of one event.
@@ -606,6 +608,7 @@ impl Codev {
             contrib: vec![0.0; dim],
             f: Vec::new(),
             af: Vec::new(),
+            levels: Vec::new(),
         }
     }
 
@@ -670,7 +673,8 @@ impl Codev {
         let season_len = p.days * self.period;
         self.f.clear();
         self.f.resize(fdim, 0.0);
-        let mut levels = vec![0.0; m_n];
+        self.levels.clear();
+        self.levels.resize(m_n, 0.0);
         let mut ready = true;
         for (j, (m, &xv)) in self.metrics.iter_mut().zip(x).enumerate() {
             let mut level = xv;
@@ -748,7 +752,7 @@ impl Codev {
             } else {
                 ready = false;
             }
-            levels[j] = level;
+            self.levels[j] = level;
             if season_len > 0 && m.season.len() < self.period {
                 ready = false;
             }
@@ -832,7 +836,7 @@ impl Codev {
                 if m.season.len() == season_len {
                     m.season.pop_front();
                 }
-                m.season.push_back(if learn { xv } else { levels[j] });
+                m.season.push_back(if learn { xv } else { self.levels[j] });
             }
             if learn {
                 m.learn(xv, p.window);
