@@ -12,7 +12,9 @@
 //! (Over 600 lines only with its tests, which stay beside the hand-written parser.)
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt::{self, Write as _};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
@@ -22,6 +24,33 @@ pub const DEFAULT_SERVICE: &str = "default";
 /// Default upper bound on the size of one serialised event.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024;
 
+/// Numeric-field names above this many per event are not shared.
+const SHARED_NAMES: usize = 64;
+
+thread_local! {
+    /// The numeric-field names of the last event parsed on this thread, by position.
+    static LAST_NAMES: RefCell<Vec<Arc<str>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The name of the `i`-th numeric field of an event being parsed: the previous event's
+/// `i`-th name when it is the same (one comparison), else a new one, kept for the next event.
+fn shared_name(i: usize, k: &str) -> Arc<str> {
+    LAST_NAMES.with_borrow_mut(|names| {
+        if let Some(n) = names.get(i)
+            && **n == *k
+        {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(k);
+        if i < names.len() {
+            names[i] = n.clone();
+        } else if i == names.len() && i < SHARED_NAMES {
+            names.push(n.clone());
+        }
+        n
+    })
+}
+
 /// A parsed, validated metric event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -29,8 +58,10 @@ pub struct Event {
     pub ts: f64,
     /// The service the event describes (models and windows are kept per service).
     pub service: String,
-    /// Numeric fields other than `ts` and `label`, in document order.
-    pub fields: Vec<(String, f64)>,
+    /// Numeric fields other than `ts` and `label`, in document order. Names are shared: the
+    /// events of a stream repeat them, and a parsed event takes the previous event's name
+    /// (parsed on the same thread) when it is the same, instead of allocating it again.
+    pub fields: Vec<(Arc<str>, f64)>,
     /// String fields other than `service` (e.g. the simulator's `anomaly`), in document order.
     pub meta: Vec<(String, String)>,
     /// Names of fields whose value is neither a number nor a string (bool, null, array, object).
@@ -101,7 +132,7 @@ impl Event {
     }
 
     /// Adds a numeric field (builder style).
-    pub fn with_field(mut self, name: impl Into<String>, value: f64) -> Self {
+    pub fn with_field(mut self, name: impl Into<Arc<str>>, value: f64) -> Self {
         self.fields.push((name.into(), value));
         self
     }
@@ -134,7 +165,7 @@ impl Event {
         self.fields
             .iter()
             .rev()
-            .find(|(k, _)| k == name)
+            .find(|(k, _)| **k == *name)
             .map(|(_, v)| *v)
     }
 
@@ -151,8 +182,8 @@ impl Event {
     pub fn feature_names(&self) -> Vec<String> {
         let mut names: Vec<String> = Vec::with_capacity(self.fields.len());
         for (k, _) in &self.fields {
-            if !names.iter().any(|n| n == k) {
-                names.push(k.clone());
+            if !names.iter().any(|n| **n == **k) {
+                names.push(k.to_string());
             }
         }
         names
@@ -546,7 +577,7 @@ impl<'de> Visitor<'de> for EventVisitor {
                     if !x.is_finite() {
                         return Err(custom(EventError::NonFinite(k.into_owned())));
                     }
-                    fields.push((k.into_owned(), x));
+                    fields.push((shared_name(fields.len(), &k), x));
                 }
                 (_, FieldValue::Str(s)) => meta.push((k.into_owned(), s)),
                 (_, FieldValue::Bool(_) | FieldValue::Null | FieldValue::Nested) => {
@@ -598,6 +629,20 @@ mod tests {
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn repeated_field_names_are_shared_and_changed_ones_are_not_mixed_up() {
+        let a = Event::parse(br#"{"ts":1,"cpu":0.5,"mem":2}"#).unwrap();
+        let b = Event::parse(br#"{"ts":2,"cpu":0.7,"mem":3}"#).unwrap();
+        assert!(Arc::ptr_eq(&a.fields[0].0, &b.fields[0].0));
+        assert!(Arc::ptr_eq(&a.fields[1].0, &b.fields[1].0));
+        // Names that move, change or are new read as written.
+        let c = Event::parse(br#"{"ts":3,"mem":4,"cpu":0.1,"disk":9}"#).unwrap();
+        let got: Vec<(&str, f64)> = c.fields.iter().map(|(k, v)| (&**k, *v)).collect();
+        assert_eq!(got, [("mem", 4.0), ("cpu", 0.1), ("disk", 9.0)]);
+        assert_eq!(c.field("cpu"), Some(0.1));
+        assert_eq!(b.field("cpu"), Some(0.7));
     }
 
     #[test]
