@@ -940,11 +940,12 @@ fn a_hundred_thousand_services_fit_a_256_mib_budget_and_lose_no_event() {
     assert!(rss < 300.0, "peak RSS {rss:.0} MB");
     assert!(m.len() < 1_000_000, "/metrics is {} bytes", m.len());
     // Nearly every event here evicts one service and restores another (round robin over
-    // 100,000 services, a fraction of them fit the budget): 0.17-0.25 of one service's rate here
-    // (docs/deploy.md). One file per service managed 0.06; this floor catches a return to
-    // anything like it.
+    // 100,000 services, a fraction of them fit the budget): 0.13-0.29 of one service's rate
+    // here (docs/deploy.md; one service's rate varies more between runs, 248-498k events/s in
+    // one day, than the 100,000 services', 66-71k). One file per service managed 0.06 of a
+    // single-service rate near the low end; this floor catches a return to anything like it.
     assert!(
-        many_rate >= 0.1 * one_rate,
+        many_rate >= 0.08 * one_rate,
         "100k services at {many_rate:.0} events/s, one service at {one_rate:.0}"
     );
 }
