@@ -39,6 +39,12 @@ pub trait StreamingDetector: fmt::Debug + Send + Sync {
     /// The model's state in the model-file encoding (postcard), restored by its registry
     /// entry's `load`.
     fn save(&self) -> Vec<u8>;
+    /// Bytes the state takes in memory: the value, what it owns on the heap and the
+    /// allocator's share (for memory budgets). By default an estimate from the encoded size:
+    /// buffers, matrices and alignment make a state in memory a few times larger.
+    fn memory_bytes(&self) -> usize {
+        3 * self.save().len()
+    }
 }
 
 impl Clone for Box<dyn StreamingDetector> {

@@ -284,11 +284,20 @@ fn new_streaming(
 fn load_streaming(bytes: &[u8]) -> Result<Box<dyn StreamingDetector>, String> {
     let m: Codev = decode_tagged(LAYOUT, bytes)?;
     let f = 3 * m.dim;
-    let consistent = m.metrics.len() == m.dim
+    // In its probe a new service has no per-metric state yet (earlier versions saved a fresh
+    // one); afterwards every part has its size.
+    let probing = m.per_day == 0.0
+        && m.metrics.is_empty()
+        && m.cov.is_empty()
+        && m.mu.is_empty()
+        && m.inv.is_none()
+        && m.contrib.is_empty();
+    let sized = m.metrics.len() == m.dim
         && m.cov.len() == f * f
         && m.mu.len() == f
         && m.inv.as_ref().is_none_or(|v| v.len() == f * f)
-        && m.contrib.len() == m.dim
+        && m.contrib.len() == m.dim;
+    let consistent = (probing || sized)
         && m.probe_rows.len() == m.probe_ts.len() * m.dim
         && m.metrics.iter().all(|x| x.sorted.len() == x.ring.len());
     if !consistent {
@@ -318,6 +327,9 @@ impl TryFrom<SavedHist> for Hist {
 
     fn try_from(h: SavedHist) -> Result<Hist, String> {
         let mut out = Hist::new();
+        if !h.bins.is_empty() {
+            out.counts = vec![0; BINS + 2];
+        }
         for &b in &h.bins {
             *out.counts
                 .get_mut(b as usize)
@@ -329,10 +341,12 @@ impl TryFrom<SavedHist> for Hist {
 }
 
 impl Hist {
+    /// An empty histogram; its counts are allocated by the first value (a service that never
+    /// gets that far costs no bins).
     fn new() -> Self {
         Hist {
             bins: VecDeque::new(),
-            counts: vec![0; BINS + 2],
+            counts: Vec::new(),
         }
     }
 
@@ -351,6 +365,9 @@ impl Hist {
     }
 
     fn add(&mut self, x: f64, cap: usize) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; BINS + 2];
+        }
         if self.bins.len() == cap
             && let Some(old) = self.bins.pop_front()
         {
@@ -363,6 +380,9 @@ impl Hist {
 
     /// The q-quantile, log-interpolated inside its bin.
     fn quantile(&self, q: f64) -> f64 {
+        if self.counts.is_empty() {
+            return 10f64.powf(BIN_LO);
+        }
         let tail = (1.0 - q) * self.bins.len() as f64;
         let mut acc = 0.0;
         for b in (0..BINS + 2).rev() {
@@ -577,12 +597,9 @@ struct Out {
 }
 
 impl Codev {
+    /// A new service: until its probe ends it holds only its first events; the per-metric
+    /// state is allocated then ([`Codev::start`]), so a service seen a few times costs little.
     pub fn new(params: CodevParams, dim: usize) -> Self {
-        let f = 3 * dim;
-        let mut cov = vec![0.0; f * f];
-        for i in 0..f {
-            cov[i * f + i] = 1.0;
-        }
         Codev {
             params,
             dim,
@@ -590,9 +607,9 @@ impl Codev {
             probe_rows: Vec::new(),
             per_day: 0.0,
             period: 0,
-            metrics: (0..dim).map(|_| Metric::new()).collect(),
-            mu: vec![0.0; f],
-            cov,
+            metrics: Vec::new(),
+            mu: Vec::new(),
+            cov: Vec::new(),
             inv: None,
             n_cov: 0,
             h1: Hist::new(),
@@ -605,11 +622,28 @@ impl Codev {
             state: State::Armed,
             age: 0,
             held: 0.0,
-            contrib: vec![0.0; dim],
+            contrib: Vec::new(),
             f: Vec::new(),
             af: Vec::new(),
             levels: Vec::new(),
         }
+    }
+
+    /// The per-metric state, the features' mean and covariance (identity) and the
+    /// contributions, once the probe has ended. States saved by earlier versions have them
+    /// from the start, unchanged until then: those are kept.
+    fn start(&mut self) {
+        if !self.metrics.is_empty() {
+            return;
+        }
+        let f = 3 * self.dim;
+        self.metrics = (0..self.dim).map(|_| Metric::new()).collect();
+        self.mu = vec![0.0; f];
+        self.cov = vec![0.0; f * f];
+        for i in 0..f {
+            self.cov[i * f + i] = 1.0;
+        }
+        self.contrib = vec![0.0; self.dim];
     }
 
     /// Takes one event: while the events per day are unknown it is kept (and not judged);
@@ -646,6 +680,7 @@ impl Codev {
         };
         self.per_day = per_day;
         self.period = period;
+        self.start();
         let rows = std::mem::take(&mut self.probe_rows);
         self.probe_ts = Vec::new();
         let mut last = None;
@@ -997,6 +1032,48 @@ impl StreamingDetector for Codev {
     fn save(&self) -> Vec<u8> {
         encode_tagged(LAYOUT, self)
     }
+
+    fn memory_bytes(&self) -> usize {
+        let deque_bytes = |d: &VecDeque<f64>| heap::<f64>(d.capacity());
+        let metrics: usize = self
+            .metrics
+            .iter()
+            .map(|m| {
+                deque_bytes(&m.ring)
+                    + heap::<f64>(m.sorted.capacity())
+                    + deque_bytes(&m.steps)
+                    + deque_bytes(&m.season)
+            })
+            .sum();
+        let hist = |h: &Hist| heap::<u8>(h.bins.capacity()) + heap::<u32>(h.counts.capacity());
+        ALLOC_SLACK
+            + std::mem::size_of::<Self>()
+            + heap::<f64>(self.probe_ts.capacity())
+            + heap::<f64>(self.probe_rows.capacity())
+            + heap::<Metric>(self.metrics.capacity())
+            + metrics
+            + heap::<f64>(self.mu.capacity())
+            + heap::<f64>(self.cov.capacity())
+            + self.inv.as_ref().map_or(0, |v| heap::<f64>(v.capacity()))
+            + hist(&self.h1)
+            + hist(&self.h2)
+            + deque_bytes(&self.d_ring)
+            + heap::<f64>(self.contrib.capacity())
+            + heap::<f64>(self.f.capacity())
+            + heap::<f64>(self.af.capacity())
+            + heap::<f64>(self.levels.capacity())
+    }
+}
+
+/// What an allocation takes beside its bytes (the allocator's header and rounding).
+const ALLOC_SLACK: usize = 16;
+
+/// Bytes of a heap buffer of `cap` values of `T` (none when nothing is allocated).
+fn heap<T>(cap: usize) -> usize {
+    match cap * std::mem::size_of::<T>() {
+        0 => 0,
+        n => n + ALLOC_SLACK,
+    }
 }
 
 trait ClampScore {
@@ -1064,6 +1141,47 @@ mod tests {
         assert!(flagged > 0, "the incidents are flagged");
         // A state of the layout before this one is refused.
         assert!(load_streaming(&bytes[LAYOUT.len()..]).is_err());
+    }
+
+    #[test]
+    fn a_new_service_holds_only_its_first_events_and_earlier_probe_states_still_load() {
+        let rows: Vec<(f64, Vec<f64>)> = (0..400)
+            .map(|i| {
+                let x = vec![(i % 13) as f64, 100.0 + (i % 7) as f64 * 0.5, 3.0];
+                (i as f64 * 60.0, x)
+            })
+            .collect();
+        let mut lazy = Codev::new(CodevParams::default(), 3);
+        for (ts, x) in &rows[..10] {
+            lazy.step(*ts, x);
+        }
+        // In the probe: no per-metric state, histogram bins or covariance; about 1 KB.
+        assert!(lazy.metrics.is_empty() && lazy.cov.is_empty() && lazy.h1.counts.is_empty());
+        assert!(lazy.memory_bytes() < 1024, "{}", lazy.memory_bytes());
+        // Earlier versions allocated the per-metric state up front and saved it so.
+        let mut eager = Codev::new(CodevParams::default(), 3);
+        eager.start();
+        eager.h1.counts = vec![0; BINS + 2];
+        eager.h2.counts = vec![0; BINS + 2];
+        for (ts, x) in &rows[..10] {
+            eager.step(*ts, x);
+        }
+        let mut a = load_streaming(&lazy.save()).unwrap();
+        let mut b = load_streaming(&eager.save()).unwrap();
+        assert_ne!(lazy.save(), eager.save());
+        for (ts, x) in &rows[10..] {
+            let (sa, sb) = (a.step(*ts, x), b.step(*ts, x));
+            assert_eq!(sa.score.to_bits(), sb.score.to_bits());
+            assert_eq!((sa.flagged, sa.alarm_start), (sb.flagged, sb.alarm_start));
+        }
+        assert_eq!(a.save(), b.save());
+        // Afterwards its memory is what it holds: the rings and the histograms' counts.
+        let full = a.memory_bytes();
+        assert!(full > 2 * (BINS + 2) * 4 + 3 * 72 * 8, "{full}");
+        // A state in the probe with part of the per-metric state is refused.
+        let mut odd = Codev::new(CodevParams::default(), 3);
+        odd.mu = vec![0.0; 9];
+        assert!(load_streaming(&odd.save()).is_err());
     }
 
     #[test]
