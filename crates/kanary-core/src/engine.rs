@@ -23,10 +23,10 @@ use crate::streaming::StreamingDetector;
 /// fitted models).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StreamSnapshot {
-    /// Event fields the rows are built from.
-    pub inputs: Vec<String>,
+    /// Event fields the rows are built from (shared with the engine's services).
+    pub inputs: Arc<[String]>,
     /// The model's input columns (window features when `window` is set).
-    pub features: Vec<String>,
+    pub features: Arc<[String]>,
     pub window: Option<WindowSpec>,
     pub state: StreamState,
 }
@@ -116,8 +116,8 @@ enum Phase {
 
 #[derive(Debug, Clone)]
 struct Service {
-    /// Event fields the rows are built from.
-    inputs: Vec<String>,
+    /// Event fields the rows are built from (shared by services with the same fields).
+    inputs: Arc<[String]>,
     window: Option<WindowState>,
     phase: Phase,
     /// The engine's event count when this service last had an event (least recently seen
@@ -150,7 +150,13 @@ pub struct Engine {
     /// A new streaming model per number of columns, copied for each new service (building one
     /// parses the model's parameters, which costs more than the copy).
     fresh: HashMap<usize, Box<dyn StreamingDetector>>,
+    /// Lists of field and feature names services share (most services of a stream have the
+    /// same ones): a new or restored service takes one of these instead of its own copy.
+    lists: Vec<Arc<[String]>>,
 }
+
+/// Distinct name lists kept for sharing, at most (the oldest is dropped first).
+const SHARED_LISTS: usize = 16;
 
 #[derive(Debug, Clone, Default)]
 struct Pending {
@@ -166,7 +172,21 @@ impl Engine {
             clock: 0,
             pending: HashMap::new(),
             fresh: HashMap::new(),
+            lists: Vec::new(),
         }
+    }
+
+    /// `list` as a shared list: one already kept if equal, else a new one (then kept).
+    fn shared(&mut self, list: &[String]) -> Arc<[String]> {
+        if let Some(a) = self.lists.iter().rev().find(|a| ***a == *list) {
+            return a.clone();
+        }
+        let a: Arc<[String]> = list.into();
+        if self.lists.len() >= SHARED_LISTS {
+            self.lists.remove(0);
+        }
+        self.lists.push(a.clone());
+        a
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -179,10 +199,11 @@ impl Engine {
             .window
             .clone()
             .map(|w| WindowState::new(w, model.inputs.len()));
+        let inputs = self.shared(&model.inputs);
         self.services.insert(
             service.into(),
             Service {
-                inputs: model.inputs.clone(),
+                inputs,
                 window,
                 phase: Phase::Ready(Arc::new(model)),
                 seen: self.clock,
@@ -198,7 +219,12 @@ impl Engine {
             .filter_map(|(s, st)| match &st.phase {
                 Phase::Streaming { model, names } => Some((
                     s.clone(),
-                    self.snapshot(st.inputs.clone(), names, model.clone_box()),
+                    StreamSnapshot {
+                        inputs: st.inputs.clone(),
+                        features: names.clone(),
+                        window: self.cfg.window.clone(),
+                        state: StreamState::saved(self.cfg.detector.kind, &**model),
+                    },
                 )),
                 Phase::Warming { .. } | Phase::Ready(_) => None,
             })
@@ -210,13 +236,13 @@ impl Engine {
     /// A streaming model's state with what it reads, for a model file.
     fn snapshot(
         &self,
-        inputs: Vec<String>,
-        names: &[String],
+        inputs: Arc<[String]>,
+        features: Arc<[String]>,
         model: Box<dyn StreamingDetector>,
     ) -> StreamSnapshot {
         StreamSnapshot {
             inputs,
-            features: names.to_vec(),
+            features,
             window: self.cfg.window.clone(),
             state: StreamState::new(self.cfg.detector.kind, model),
         }
@@ -239,14 +265,16 @@ impl Engine {
             .window
             .clone()
             .map(|w| WindowState::new(w, snap.inputs.len()));
+        let inputs = self.shared(&snap.inputs);
+        let names = self.shared(&snap.features);
         self.services.insert(
             service.into(),
             Service {
-                inputs: snap.inputs,
+                inputs,
                 window,
                 phase: Phase::Streaming {
-                    model: snap.state.into_inner(),
-                    names: snap.features.into(),
+                    model: snap.state.into_inner()?,
+                    names,
                 },
                 seen: self.clock,
             },
@@ -307,7 +335,7 @@ impl Engine {
             let saved = match svc.phase {
                 Phase::Ready(m) => Evicted::Fitted(Arc::unwrap_or_clone(m)),
                 Phase::Streaming { model, names } => {
-                    Evicted::Stream(self.snapshot(svc.inputs, &names, model))
+                    Evicted::Stream(self.snapshot(svc.inputs, names, model))
                 }
                 Phase::Warming { .. } => Evicted::Warming,
             };
@@ -319,20 +347,24 @@ impl Engine {
     /// Mean bytes a service's state takes, estimated from its encoded size over up to `n`
     /// services (the map's iteration order: an arbitrary sample). `None` without services.
     pub fn sample_service_bytes(&self, n: usize) -> Option<f64> {
-        // Map entry, names and allocator slack beside the state; a state in memory takes a
-        // few times its encoded size (growable buffers, matrices, alignment).
-        const OVERHEAD: usize = 1024;
+        // The map's slot (a table between half and seven eighths full: twice the entry) and
+        // the name's buffer; field and feature names are shared between services. A fitted
+        // model in memory takes a few times its encoded size (growable buffers, matrices,
+        // alignment); a streaming model says what it takes.
+        const ENTRY: usize = 2 * std::mem::size_of::<(String, Service)>();
         const IN_MEMORY: usize = 3;
         let mut total = 0usize;
         let mut k = 0usize;
         for (name, svc) in self.services.iter().take(n.max(1)) {
             let state = match &svc.phase {
                 Phase::Warming { rows } => rows.capacity() * 8,
-                Phase::Ready(m) => postcard::to_stdvec(&**m).map(|b| b.len()).unwrap_or(0),
-                Phase::Streaming { model, .. } => model.save().len(),
+                Phase::Ready(m) => {
+                    IN_MEMORY * postcard::to_stdvec(&**m).map(|b| b.len()).unwrap_or(0)
+                }
+                Phase::Streaming { model, .. } => model.memory_bytes(),
             };
             let window = svc.window.as_ref().map_or(0, |w| w.bytes());
-            total += OVERHEAD + name.len() * 2 + IN_MEMORY * state + window;
+            total += ENTRY + name.capacity() + 16 + state + window;
             k += 1;
         }
         (k > 0).then(|| total as f64 / k as f64)
@@ -360,7 +392,7 @@ impl Engine {
         match self.fresh.get(&dim) {
             Some(model) => Phase::Streaming {
                 model: model.clone_box(),
-                names: names.into(),
+                names: self.shared(&names),
             },
             None => Phase::Warming { rows: Vec::new() },
         }
@@ -432,6 +464,7 @@ impl Engine {
                 .clone()
                 .map(|w| WindowState::new(w, inputs.len()));
             let phase = self.new_phase(&inputs);
+            let inputs = self.shared(&inputs);
             self.services.insert(
                 ev.service.clone(),
                 Service {
@@ -571,7 +604,7 @@ impl Engine {
                     if rows.len() / row.len() >= train_events {
                         // Fit now, so that the service's next event is scored.
                         let rows = std::mem::take(rows);
-                        let inputs = svc.inputs.clone();
+                        let inputs = svc.inputs.to_vec();
                         let result = self.fit_rows(inputs, &rows, now);
                         let svc = self.services.get_mut(ev.service.as_str()).expect("present");
                         let last = out.last_mut().expect("pushed above");

@@ -18,7 +18,8 @@ use crate::registry::encode_reusing;
 pub const MAGIC: &[u8; 8] = b"KANARY\0M";
 /// Format written by this build (2: models saved through the registry, streaming states).
 pub const FORMAT_VERSION: u32 = 2;
-const HEADER_LEN: usize = 8 + 4 + 8 + 4;
+/// Bytes of a model file's header (magic, format, payload length, CRC-32).
+pub const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 
 /// The fitted detectors of one model kind, or the states of a streaming one, per service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,17 +106,68 @@ impl ModelFile {
         let mut out = encode_reusing(&SCRATCH, &[0; HEADER_LEN], self)
             .map_err(|e| PersistError::Encode(e.to_string()))?;
         let (head, payload) = out.split_at_mut(HEADER_LEN);
-        let len = (payload.len() as u64).to_le_bytes();
-        let crc = crc32(payload).to_le_bytes();
+        head.copy_from_slice(&Self::header(payload.len() as u64, crc32(payload)));
+        Ok(out)
+    }
+
+    /// The header of a file whose payload has `len` bytes and CRC-32 `crc`.
+    pub fn header(len: u64, crc: u32) -> [u8; HEADER_LEN] {
+        let mut head = [0; HEADER_LEN];
         for (at, bytes) in [
             (0, &MAGIC[..]),
             (8, &FORMAT_VERSION.to_le_bytes()),
-            (12, &len),
-            (20, &crc),
+            (12, &len.to_le_bytes()),
+            (20, &crc.to_le_bytes()),
         ] {
             head[at..at + bytes.len()].copy_from_slice(bytes);
         }
-        Ok(out)
+        head
+    }
+
+    /// Serialises the payload of [`encode`](Self::encode) into `out` as it goes, without the
+    /// whole file in memory (a snapshot of many services). Returns the payload's length and
+    /// CRC-32, for [`header`](Self::header), which goes in the first [`HEADER_LEN`] bytes.
+    pub fn encode_payload<W: std::io::Write>(&self, out: W) -> Result<(u64, u32), PersistError> {
+        struct Summed<W> {
+            out: W,
+            len: u64,
+            crc: crc32fast::Hasher,
+            /// The writer's error (postcard reports only that serialising failed).
+            error: Option<std::io::Error>,
+        }
+        impl<W: std::io::Write> std::io::Write for Summed<W> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                match self.out.write(buf) {
+                    Ok(n) => {
+                        self.crc.update(&buf[..n]);
+                        self.len += n as u64;
+                        Ok(n)
+                    }
+                    Err(e) => {
+                        let copy = std::io::Error::new(e.kind(), e.to_string());
+                        self.error = Some(e);
+                        Err(copy)
+                    }
+                }
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                self.out.flush()
+            }
+        }
+        let mut summed = Summed {
+            out,
+            len: 0,
+            crc: crc32fast::Hasher::new(),
+            error: None,
+        };
+        if let Err(e) = postcard::to_io(self, &mut summed) {
+            return Err(PersistError::Encode(
+                summed
+                    .error
+                    .map_or_else(|| e.to_string(), |io| io.to_string()),
+            ));
+        }
+        Ok((summed.len, summed.crc.finalize()))
     }
 
     /// Parses and checks a file written by [`encode`](Self::encode).
@@ -166,10 +218,10 @@ impl ModelFile {
                     file.kind
                 )));
             }
-            if st.state.get().dim() != st.features.len() {
+            let dim = st.state.dim().map_err(PersistError::Invalid)?;
+            if dim != st.features.len() {
                 return Err(PersistError::Invalid(format!(
-                    "service `{service}`: state has {} columns but {} are named",
-                    st.state.get().dim(),
+                    "service `{service}`: state has {dim} columns but {} are named",
                     st.features.len()
                 )));
             }
@@ -220,6 +272,48 @@ mod tests {
             let bytes = f.encode().unwrap();
             assert_eq!(ModelFile::decode(&bytes).unwrap(), f);
         }
+    }
+
+    #[test]
+    fn a_streamed_file_is_the_encoded_file_and_a_failing_writer_says_why() {
+        use crate::engine::{Engine, EngineConfig};
+        use crate::event::Event;
+        // Every model kind, and streaming states held as saved bytes (as snapshots hold them).
+        let codev = ModelKind::named("codev").unwrap();
+        let mut engine = Engine::new(EngineConfig::new(DetectorConfig::new(codev)));
+        // Past the probe of a new service (60 events) for two of them, in it for the third.
+        for i in 0..300 {
+            let ev = Event::new(60.0 * i as f64, format!("s{}", i % 3 + i / 290))
+                .with_field("cpu", (i % 7) as f64)
+                .with_field("mem", 1.5 * (i % 5) as f64);
+            engine.process(&ev, 0.0);
+        }
+        let mut streams = ModelFile::new(codev, 1.0);
+        streams.streams = engine.streams();
+        let files = ModelKind::all()
+            .filter(|k| !k.is_streaming())
+            .map(sample)
+            .chain([streams]);
+        for f in files {
+            let mut out = vec![0; HEADER_LEN];
+            let (len, crc) = f.encode_payload(&mut out).unwrap();
+            out[..HEADER_LEN].copy_from_slice(&ModelFile::header(len, crc));
+            assert_eq!(out, f.encode().unwrap(), "{}", f.kind);
+            assert_eq!(ModelFile::decode(&out).unwrap(), f);
+        }
+        struct Full;
+        impl std::io::Write for Full {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("no space left on device"))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let err = sample(ModelKind::named("zscore").unwrap())
+            .encode_payload(Full)
+            .unwrap_err();
+        assert!(err.to_string().contains("no space left"), "{err}");
     }
 
     #[test]

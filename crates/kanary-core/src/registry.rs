@@ -478,27 +478,60 @@ impl<'de> Deserialize<'de> for Model {
 }
 
 /// A streaming model's state of any registered kind, saved and restored through the
-/// registry.
+/// registry: the model itself, or its saved bytes (a snapshot that costs its encoded size
+/// rather than a copy of the model).
 pub struct StreamState {
     kind: ModelKind,
-    inner: Box<dyn StreamingDetector>,
+    held: Held,
+}
+
+enum Held {
+    Live(Box<dyn StreamingDetector>),
+    Saved(Vec<u8>),
 }
 
 impl StreamState {
     pub fn new(kind: ModelKind, inner: Box<dyn StreamingDetector>) -> Self {
-        StreamState { kind, inner }
+        StreamState {
+            kind,
+            held: Held::Live(inner),
+        }
+    }
+
+    /// `model`'s state as saved bytes, for writing it out while the model goes on.
+    pub fn saved(kind: ModelKind, model: &dyn StreamingDetector) -> Self {
+        StreamState {
+            kind,
+            held: Held::Saved(model.save()),
+        }
     }
 
     pub fn kind(&self) -> ModelKind {
         self.kind
     }
 
-    pub fn into_inner(self) -> Box<dyn StreamingDetector> {
-        self.inner
+    /// The model (restored from its bytes when it was held as saved).
+    pub fn into_inner(self) -> Result<Box<dyn StreamingDetector>, String> {
+        match self.held {
+            Held::Live(m) => Ok(m),
+            Held::Saved(bytes) => StreamState::load(self.kind, &bytes)?.into_inner(),
+        }
     }
 
-    pub fn get(&self) -> &dyn StreamingDetector {
-        &*self.inner
+    /// Number of input columns (a state held as saved bytes is decoded to tell).
+    pub fn dim(&self) -> Result<usize, String> {
+        match &self.held {
+            Held::Live(m) => Ok(m.dim()),
+            Held::Saved(bytes) => StreamState::load(self.kind, bytes)?.dim(),
+        }
+    }
+
+    /// The saved bytes of the state.
+    pub fn bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        match &self.held {
+            Held::Live(m) => std::borrow::Cow::Owned(m.save()),
+            Held::Saved(b) => std::borrow::Cow::Borrowed(b),
+        }
     }
 
     /// Restores a streaming model of `kind` from its saved bytes.
@@ -514,7 +547,10 @@ impl Clone for StreamState {
     fn clone(&self) -> Self {
         StreamState {
             kind: self.kind,
-            inner: self.inner.clone_box(),
+            held: match &self.held {
+                Held::Live(m) => Held::Live(m.clone_box()),
+                Held::Saved(b) => Held::Saved(b.clone()),
+            },
         }
     }
 }
@@ -527,15 +563,23 @@ impl fmt::Debug for StreamState {
 
 impl PartialEq for StreamState {
     fn eq(&self, other: &Self) -> bool {
-        self.kind == other.kind && self.inner.save() == other.inner.save()
+        self.kind == other.kind && self.bytes() == other.bytes()
     }
+}
+
+/// [`Saved`] borrowing its bytes (the same encoding).
+#[derive(Serialize)]
+struct SavedRef<'a> {
+    kind: ModelKind,
+    #[serde(with = "byte_string")]
+    state: &'a [u8],
 }
 
 impl Serialize for StreamState {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        Saved {
+        SavedRef {
             kind: self.kind,
-            state: self.inner.save(),
+            state: &self.bytes(),
         }
         .serialize(s)
     }
@@ -588,10 +632,13 @@ pub(crate) fn encode_reusing<T: Serialize + ?Sized>(
     buf.clear();
     buf.extend_from_slice(head);
     let buf = postcard::to_extend(value, buf)?;
-    let out = buf.to_vec();
-    if buf.capacity() <= SCRATCH_KEEP {
-        scratch.set(buf);
+    if buf.capacity() > SCRATCH_KEEP {
+        // Too large to keep: handed out as it is rather than copied (a snapshot of many
+        // services would otherwise be in memory twice).
+        return Ok(buf);
     }
+    let out = buf.to_vec();
+    scratch.set(buf);
     Ok(out)
 }
 

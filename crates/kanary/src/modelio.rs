@@ -1,18 +1,17 @@
 //! Model files on disk: atomic writes and clear errors on load.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use kanary_core::detector::ModelKind;
-use kanary_core::persist::ModelFile;
+use kanary_core::persist::{HEADER_LEN, ModelFile};
 
 /// Writes `file` to `path` atomically: a temporary file in the same directory, fsynced, then
 /// renamed over the target (and the directory fsynced), so a crash leaves the old file or the
 /// new one, never a torn one.
 pub fn save(path: &Path, file: &ModelFile) -> Result<()> {
-    let bytes = file.encode()?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -27,10 +26,21 @@ pub fn save(path: &Path, file: &ModelFile) -> Result<()> {
         std::process::id()
     ));
     let result = (|| -> Result<()> {
-        let mut f =
-            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(&bytes)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        let f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        // Streamed to the file (a snapshot of many services is never whole in memory); the
+        // header, which holds the payload's length and checksum, is written last.
+        let mut out = BufWriter::with_capacity(1 << 16, f);
+        let written = out
+            .write_all(&[0; HEADER_LEN])
+            .map_err(anyhow::Error::from)
+            .and_then(|()| Ok(file.encode_payload(&mut out)?))
+            .and_then(|(len, crc)| {
+                let mut f = out.into_inner().map_err(|e| e.into_error())?;
+                f.seek(SeekFrom::Start(0))?;
+                f.write_all(&ModelFile::header(len, crc))?;
+                Ok(f)
+            });
+        let f = written.with_context(|| format!("cannot write {}", tmp.display()))?;
         f.sync_all()
             .with_context(|| format!("cannot sync {}", tmp.display()))?;
         fs::rename(&tmp, path)
