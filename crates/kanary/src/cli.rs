@@ -510,7 +510,7 @@ pub struct DetectArgs {
     #[arg(long, env = "KANARY_MAX_SERVICES", value_name = "N", value_parser = positive)]
     pub max_services: Option<usize>,
     /// Memory for the whole process, e.g. 256MiB or 2GiB: services are evicted (as with
-    /// --max-services) so that their estimated state stays within 30% of it, leaving room
+    /// --max-services) so that their estimated state stays within 45% of it, leaving room
     /// for snapshots, Kafka buffers and the rest [default: no limit].
     #[arg(long, env = "KANARY_MEMORY_BUDGET", value_name = "BYTES", value_parser = parse_bytes)]
     pub memory_budget: Option<u64>,

@@ -356,9 +356,10 @@ struct Budget {
 }
 
 impl Budget {
-    /// The share of `--memory-budget` the services' states may take; the rest is for the
-    /// snapshot copy, librdkafka's buffers, batches and the allocator.
-    const STATE_SHARE: f64 = 0.3;
+    /// The share of `--memory-budget` the services' states may take; the rest is for a
+    /// snapshot (the states' saved bytes, about half their size in memory, until written),
+    /// librdkafka's buffers, batches and the allocator.
+    const STATE_SHARE: f64 = 0.45;
 
     fn new(s: &Settings) -> Self {
         let models = s.models.0.len().max(1) as f64;
