@@ -914,14 +914,23 @@ fn a_hundred_thousand_services_fit_a_256_mib_budget_and_lose_no_event() {
             dir.join(format!("{name}.log")),
             extra,
         );
-        wait_for(Duration::from_secs(30), "ready for input", || {
-            d.sample("detector_events_total", &[])
-        });
-        let start = Instant::now();
-        wait_for(Duration::from_secs(600), "every event processed", || {
-            (d.sample("detector_events_total", &[])? >= 200_000.0).then_some(())
-        });
-        let rate = 200_000.0 / start.elapsed().as_secs_f64();
+        // Timed from the first event counted to the last, read every 10 ms (a run takes
+        // about half a second: the 200 ms of `wait_for` would decide the ratio).
+        let count = || d.sample("detector_events_total", &[]).unwrap_or(0.0);
+        let poll = |done: &dyn Fn(f64) -> bool, what: &str| {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            loop {
+                let n = count();
+                if done(n) {
+                    return (Instant::now(), n);
+                }
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let (t0, n0) = poll(&|n| n > 0.0, "the first event");
+        let (t1, _) = poll(&|n| n >= 200_000.0, "every event processed");
+        let rate = (200_000.0 - n0) / (t1 - t0).as_secs_f64();
         (d, rate)
     };
     let (single, one_rate) = run(&one, "one", &[]);
@@ -946,16 +955,16 @@ fn a_hundred_thousand_services_fit_a_256_mib_budget_and_lose_no_event() {
     assert!(rss < 300.0, "peak RSS {rss:.0} MB");
     assert!(m.len() < 1_000_000, "/metrics is {} bytes", m.len());
     // A new service holds only its first events until it knows its step (about 1 KB), so
-    // all of them fit the budget: 0.67-1.0 of one service's rate (docs/deploy.md).
+    // all of them fit the budget: 0.63-0.65 of one service's rate (docs/deploy.md).
     assert!(
         many_rate >= 0.5 * one_rate,
         "100k services at {many_rate:.0} events/s, one service at {one_rate:.0}"
     );
     drop(d);
     // A budget that holds a fraction of them: nearly every event evicts one service and
-    // restores another (round robin). 0.29 of one service's rate here; one file per service
-    // managed 0.06 near the low end of one service's rate, and this floor catches a return
-    // to anything like it.
+    // restores another (round robin). 0.14 of one service's rate here; one file per service
+    // managed 0.06 of a slower one-service rate, and this floor catches a return to anything
+    // like it.
     let (d, tight_rate) = run(&many, "tight", &["--memory-budget", "64MiB"]);
     let m = d.metrics().unwrap();
     let evicted = sum_samples(&m, "detector_services_evicted_total", &[]);
