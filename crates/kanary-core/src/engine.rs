@@ -344,8 +344,8 @@ impl Engine {
         out
     }
 
-    /// Mean bytes a service's state takes, estimated from its encoded size over up to `n`
-    /// services (the map's iteration order: an arbitrary sample). `None` without services.
+    /// Mean bytes a service takes in memory over up to `n` services (the map's iteration
+    /// order: an arbitrary sample). `None` without services.
     pub fn sample_service_bytes(&self, n: usize) -> Option<f64> {
         // The map's slot (a table between half and seven eighths full: twice the entry) and
         // the name's buffer; field and feature names are shared between services. A fitted
