@@ -219,12 +219,11 @@ impl Engine {
             .filter_map(|(s, st)| match &st.phase {
                 Phase::Streaming { model, names } => Some((
                     s.clone(),
-                    StreamSnapshot {
-                        inputs: st.inputs.clone(),
-                        features: names.clone(),
-                        window: self.cfg.window.clone(),
-                        state: StreamState::saved(self.cfg.detector.kind, &**model),
-                    },
+                    self.snapshot(
+                        st.inputs.clone(),
+                        names.clone(),
+                        StreamState::saved(self.cfg.detector.kind, &**model),
+                    ),
                 )),
                 Phase::Warming { .. } | Phase::Ready(_) => None,
             })
@@ -238,13 +237,13 @@ impl Engine {
         &self,
         inputs: Arc<[String]>,
         features: Arc<[String]>,
-        model: Box<dyn StreamingDetector>,
+        state: StreamState,
     ) -> StreamSnapshot {
         StreamSnapshot {
             inputs,
             features,
             window: self.cfg.window.clone(),
-            state: StreamState::new(self.cfg.detector.kind, model),
+            state,
         }
     }
 
@@ -334,9 +333,11 @@ impl Engine {
             self.pending.remove(&name);
             let saved = match svc.phase {
                 Phase::Ready(m) => Evicted::Fitted(Arc::unwrap_or_clone(m)),
-                Phase::Streaming { model, names } => {
-                    Evicted::Stream(self.snapshot(svc.inputs, names, model))
-                }
+                Phase::Streaming { model, names } => Evicted::Stream(self.snapshot(
+                    svc.inputs,
+                    names,
+                    StreamState::new(self.cfg.detector.kind, model),
+                )),
                 Phase::Warming { .. } => Evicted::Warming,
             };
             out.push((name, saved));

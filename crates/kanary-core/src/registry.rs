@@ -632,13 +632,10 @@ pub(crate) fn encode_reusing<T: Serialize + ?Sized>(
     buf.clear();
     buf.extend_from_slice(head);
     let buf = postcard::to_extend(value, buf)?;
-    if buf.capacity() > SCRATCH_KEEP {
-        // Too large to keep: handed out as it is rather than copied (a snapshot of many
-        // services would otherwise be in memory twice).
-        return Ok(buf);
-    }
     let out = buf.to_vec();
-    scratch.set(buf);
+    if buf.capacity() <= SCRATCH_KEEP {
+        scratch.set(buf);
+    }
     Ok(out)
 }
 

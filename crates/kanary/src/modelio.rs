@@ -29,18 +29,16 @@ pub fn save(path: &Path, file: &ModelFile) -> Result<()> {
         let f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         // Streamed to the file (a snapshot of many services is never whole in memory); the
         // header, which holds the payload's length and checksum, is written last.
-        let mut out = BufWriter::with_capacity(1 << 16, f);
-        let written = out
-            .write_all(&[0; HEADER_LEN])
-            .map_err(anyhow::Error::from)
-            .and_then(|()| Ok(file.encode_payload(&mut out)?))
-            .and_then(|(len, crc)| {
-                let mut f = out.into_inner().map_err(|e| e.into_error())?;
-                f.seek(SeekFrom::Start(0))?;
-                f.write_all(&ModelFile::header(len, crc))?;
-                Ok(f)
-            });
-        let f = written.with_context(|| format!("cannot write {}", tmp.display()))?;
+        let write = |mut out: BufWriter<File>| -> Result<File> {
+            out.write_all(&[0; HEADER_LEN])?;
+            let (len, crc) = file.encode_payload(&mut out)?;
+            let mut f = out.into_inner().map_err(|e| e.into_error())?;
+            f.seek(SeekFrom::Start(0))?;
+            f.write_all(&ModelFile::header(len, crc))?;
+            Ok(f)
+        };
+        let f = write(BufWriter::with_capacity(1 << 16, f))
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         f.sync_all()
             .with_context(|| format!("cannot sync {}", tmp.display()))?;
         fs::rename(&tmp, path)

@@ -916,20 +916,19 @@ fn a_hundred_thousand_services_fit_a_256_mib_budget_and_lose_no_event() {
         );
         // Timed from the first event counted to the last, read every 10 ms (a run takes
         // about half a second: the 200 ms of `wait_for` would decide the ratio).
-        let count = || d.sample("detector_events_total", &[]).unwrap_or(0.0);
-        let poll = |done: &dyn Fn(f64) -> bool, what: &str| {
-            let deadline = Instant::now() + Duration::from_secs(600);
-            loop {
-                let n = count();
-                if done(n) {
-                    return (Instant::now(), n);
-                }
-                assert!(Instant::now() < deadline, "timed out waiting for {what}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
+        let reached = |done: fn(f64) -> bool, what: &str| {
+            wait_for_every(
+                Duration::from_millis(10),
+                Duration::from_secs(600),
+                what,
+                || {
+                    let n = d.sample("detector_events_total", &[]).unwrap_or(0.0);
+                    done(n).then(|| (Instant::now(), n))
+                },
+            )
         };
-        let (t0, n0) = poll(&|n| n > 0.0, "the first event");
-        let (t1, _) = poll(&|n| n >= 200_000.0, "every event processed");
+        let (t0, n0) = reached(|n| n > 0.0, "the first event");
+        let (t1, _) = reached(|n| n >= 200_000.0, "every event processed");
         let rate = (200_000.0 - n0) / (t1 - t0).as_secs_f64();
         (d, rate)
     };
@@ -955,14 +954,14 @@ fn a_hundred_thousand_services_fit_a_256_mib_budget_and_lose_no_event() {
     assert!(rss < 300.0, "peak RSS {rss:.0} MB");
     assert!(m.len() < 1_000_000, "/metrics is {} bytes", m.len());
     // A new service holds only its first events until it knows its step (about 1 KB), so
-    // all of them fit the budget: 0.63-0.65 of one service's rate (docs/deploy.md).
+    // all of them fit the budget: 0.63-0.76 of one service's rate (docs/deploy.md).
     assert!(
         many_rate >= 0.5 * one_rate,
         "100k services at {many_rate:.0} events/s, one service at {one_rate:.0}"
     );
     drop(d);
     // A budget that holds a fraction of them: nearly every event evicts one service and
-    // restores another (round robin). 0.14 of one service's rate here; one file per service
+    // restores another (round robin). 0.14-0.17 of one service's rate here; one file per service
     // managed 0.06 of a slower one-service rate, and this floor catches a return to anything
     // like it.
     let (d, tight_rate) = run(&many, "tight", &["--memory-budget", "64MiB"]);

@@ -288,7 +288,17 @@ pub fn sum_samples(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 /// Polls `f` until it returns Some, or panics after `timeout` with `what`.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_for_every(Duration::from_millis(200), timeout, what, f)
+}
+
+/// [`wait_for`], calling `f` every `step`.
+pub fn wait_for_every<T>(
+    step: Duration,
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -297,7 +307,7 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         if start.elapsed() > timeout {
             panic!("timed out after {timeout:?} waiting for {what}");
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(step);
     }
 }
 
