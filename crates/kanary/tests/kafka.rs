@@ -961,7 +961,7 @@ fn a_hundred_thousand_services_fit_a_256_mib_budget_and_lose_no_event() {
     );
     drop(d);
     // A budget that holds a fraction of them: nearly every event evicts one service and
-    // restores another (round robin). 0.14-0.17 of one service's rate here; one file per service
+    // restores another (round robin). 0.14-0.18 of one service's rate here; one file per service
     // managed 0.06 of a slower one-service rate, and this floor catches a return to anything
     // like it.
     let (d, tight_rate) = run(&many, "tight", &["--memory-budget", "64MiB"]);
