@@ -144,6 +144,29 @@ impl Event {
 
     /// Parses and validates one serialised event of at most `limit` bytes.
     pub fn parse_with_limit(bytes: &[u8], limit: usize) -> Result<Event, EventError> {
+        Event::parse_into(bytes, limit, Event::empty())
+    }
+
+    /// [`Event::parse`] into the buffers of `slot`, an event no longer needed: a stream of
+    /// events parsed into recycled ones allocates nothing once they hold the longest service
+    /// name and the most fields seen.
+    pub fn parse_reusing(bytes: &[u8], slot: Event) -> Result<Event, EventError> {
+        Event::parse_into(bytes, DEFAULT_MAX_EVENT_BYTES, slot)
+    }
+
+    /// An event with nothing in it (and no buffers), to parse into.
+    pub fn empty() -> Event {
+        Event {
+            ts: 0.0,
+            service: String::new(),
+            fields: Vec::new(),
+            meta: Vec::new(),
+            other: Vec::new(),
+            label: None,
+        }
+    }
+
+    fn parse_into(bytes: &[u8], limit: usize, slot: Event) -> Result<Event, EventError> {
         if bytes.len() > limit {
             return Err(EventError::TooLarge {
                 size: bytes.len(),
@@ -151,7 +174,7 @@ impl Event {
             });
         }
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        let parsed = EventSeed
+        let parsed = EventSeed(slot)
             .deserialize(&mut de)
             .and_then(|ev| de.end().map(|()| ev));
         match parsed {
@@ -436,51 +459,58 @@ fn custom<E: de::Error>(e: EventError) -> E {
 }
 
 /// A JSON value as far as events care.
-enum FieldValue {
+enum FieldValue<'a> {
     Num(f64),
-    Str(String),
+    /// Borrowed from the input when it has no escapes.
+    Str(Cow<'a, str>),
     Bool(bool),
     Null,
     Nested,
 }
 
-impl<'de> Deserialize<'de> for FieldValue {
+impl<'de> Deserialize<'de> for FieldValue<'de> {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = FieldValue;
+            type Value = FieldValue<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON value")
             }
-            fn visit_f64<E>(self, v: f64) -> Result<FieldValue, E> {
+            fn visit_f64<E>(self, v: f64) -> Result<FieldValue<'de>, E> {
                 Ok(FieldValue::Num(v))
             }
-            fn visit_i64<E>(self, v: i64) -> Result<FieldValue, E> {
+            fn visit_i64<E>(self, v: i64) -> Result<FieldValue<'de>, E> {
                 Ok(FieldValue::Num(v as f64))
             }
-            fn visit_u64<E>(self, v: u64) -> Result<FieldValue, E> {
+            fn visit_u64<E>(self, v: u64) -> Result<FieldValue<'de>, E> {
                 Ok(FieldValue::Num(v as f64))
             }
-            fn visit_str<E>(self, v: &str) -> Result<FieldValue, E> {
-                Ok(FieldValue::Str(v.to_string()))
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<FieldValue<'de>, E> {
+                Ok(FieldValue::Str(Cow::Borrowed(v)))
             }
-            fn visit_string<E>(self, v: String) -> Result<FieldValue, E> {
-                Ok(FieldValue::Str(v))
+            fn visit_str<E>(self, v: &str) -> Result<FieldValue<'de>, E> {
+                Ok(FieldValue::Str(Cow::Owned(v.to_string())))
             }
-            fn visit_bool<E>(self, v: bool) -> Result<FieldValue, E> {
+            fn visit_string<E>(self, v: String) -> Result<FieldValue<'de>, E> {
+                Ok(FieldValue::Str(Cow::Owned(v)))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<FieldValue<'de>, E> {
                 Ok(FieldValue::Bool(v))
             }
-            fn visit_unit<E>(self) -> Result<FieldValue, E> {
+            fn visit_unit<E>(self) -> Result<FieldValue<'de>, E> {
                 Ok(FieldValue::Null)
             }
-            fn visit_none<E>(self) -> Result<FieldValue, E> {
+            fn visit_none<E>(self) -> Result<FieldValue<'de>, E> {
                 Ok(FieldValue::Null)
             }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<FieldValue, A::Error> {
+            fn visit_seq<A: de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<FieldValue<'de>, A::Error> {
                 while a.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(FieldValue::Nested)
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<FieldValue, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<FieldValue<'de>, A::Error> {
                 while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(FieldValue::Nested)
             }
@@ -516,16 +546,17 @@ impl<'de> Deserialize<'de> for Key<'de> {
 
 /// Deserialises a whole event; the inner `Result` carries validation errors that are only
 /// known once the object is complete (a missing `ts`).
-struct EventSeed;
+/// Holds the event whose buffers the parsed event reuses.
+struct EventSeed(Event);
 
 impl<'de> DeserializeSeed<'de> for EventSeed {
     type Value = Result<Event, EventError>;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(EventVisitor)
+        d.deserialize_any(EventVisitor(self.0))
     }
 }
 
-struct EventVisitor;
+struct EventVisitor(Event);
 
 impl<'de> Visitor<'de> for EventVisitor {
     type Value = Result<Event, EventError>;
@@ -535,12 +566,26 @@ impl<'de> Visitor<'de> for EventVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let Event {
+            mut service,
+            mut fields,
+            mut meta,
+            mut other,
+            ..
+        } = self.0;
+        service.clear();
+        // The recycled event's fields are overwritten in place: a stream repeats its names
+        // in the same order, and one whose name matches keeps it (no lookup, no count
+        // change). `nf` fields are parsed so far; the rest are cut off at the end.
+        let mut nf = 0;
+        meta.clear();
+        other.clear();
+        if fields.capacity() == 0 {
+            fields.reserve(4);
+        }
         let mut ts: Option<f64> = None;
-        let mut service: Option<String> = None;
+        let mut named = false;
         let mut label: Option<bool> = None;
-        let mut fields = Vec::with_capacity(4);
-        let mut meta = Vec::new();
-        let mut other = Vec::new();
         while let Some(Key(k)) = map.next_key::<Key>()? {
             let v: FieldValue = map.next_value()?;
             match (k.as_ref(), v) {
@@ -556,7 +601,11 @@ impl<'de> Visitor<'de> for EventVisitor {
                         expected: "number",
                     }));
                 }
-                ("service", FieldValue::Str(s)) => service = Some(s),
+                ("service", FieldValue::Str(s)) => {
+                    service.clear();
+                    service.push_str(&s);
+                    named = true;
+                }
                 ("service", FieldValue::Null) => {}
                 ("service", _) => {
                     return Err(custom(EventError::WrongType {
@@ -577,20 +626,34 @@ impl<'de> Visitor<'de> for EventVisitor {
                     if !x.is_finite() {
                         return Err(custom(EventError::NonFinite(k.into_owned())));
                     }
-                    fields.push((shared_name(fields.len(), &k), x));
+                    match fields.get_mut(nf) {
+                        Some(f) => {
+                            if *f.0 != *k {
+                                f.0 = shared_name(nf, &k);
+                            }
+                            f.1 = x;
+                        }
+                        None => fields.push((shared_name(nf, &k), x)),
+                    }
+                    nf += 1;
                 }
-                (_, FieldValue::Str(s)) => meta.push((k.into_owned(), s)),
+                (_, FieldValue::Str(s)) => meta.push((k.into_owned(), s.into_owned())),
                 (_, FieldValue::Bool(_) | FieldValue::Null | FieldValue::Nested) => {
                     other.push(k.into_owned())
                 }
             }
         }
+        fields.truncate(nf);
         let Some(ts) = ts else {
             return Ok(Err(EventError::MissingTs));
         };
+        if !named {
+            service.clear();
+            service.push_str(DEFAULT_SERVICE);
+        }
         Ok(Ok(Event {
             ts,
-            service: service.unwrap_or_else(|| DEFAULT_SERVICE.to_string()),
+            service,
             fields,
             meta,
             other,
@@ -629,6 +692,41 @@ mod tests {
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn an_event_parsed_into_a_recycled_one_is_the_event_parsed_afresh() {
+        let inputs: &[&[u8]] = &[
+            br#"{"ts":1,"service":"a-rather-long-service-name","cpu":0.5,"mem":2,"anomaly":"cpu","ok":true,"label":1}"#,
+            br#"{"ts":2,"cpu":0.7}"#,
+            br#"{"ts":3,"service":null,"x":1}"#,
+            br#"{"ts":4,"service":"b\u00e9","service":"c","cpu":1,"cpu":2}"#,
+            br#"{"ts":5,"service":"d","note":"with \"escapes\"","tags":[1,2]}"#,
+            br#"{"cpu":1}"#,
+            br#"{"ts":6,"service":7}"#,
+            br#"not json"#,
+            br#"{"ts":7,"service":"e","mem":3}"#,
+        ];
+        // Every input parsed into the event of every other (and into a fresh one) reads the
+        // same as parsed on its own, errors included.
+        for slot_input in inputs {
+            for input in inputs {
+                let slot = Event::parse(slot_input).unwrap_or_else(|_| Event::empty());
+                assert_eq!(
+                    Event::parse_reusing(input, slot),
+                    Event::parse(input),
+                    "{} parsed into {}",
+                    String::from_utf8_lossy(input),
+                    String::from_utf8_lossy(slot_input)
+                );
+            }
+        }
+        // The recycled event's buffers are used: no new service name buffer once it fits.
+        let slot = Event::parse(inputs[0]).unwrap();
+        let cap = slot.service.capacity();
+        let ev = Event::parse_reusing(inputs[8], slot).unwrap();
+        assert_eq!(ev.service, "e");
+        assert_eq!(ev.service.capacity(), cap);
     }
 
     #[test]

@@ -97,6 +97,9 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     live: Arc<Live>,
     events: Vec<Event>,
+    /// The events of the last batch, parsed into again ([`Event::parse_reusing`]): a stream
+    /// is parsed without allocating.
+    spare: Vec<Event>,
     index: Vec<usize>,
     dead: Vec<bool>,
 }
@@ -141,6 +144,7 @@ impl Pipeline {
             metrics,
             live,
             events: Vec::new(),
+            spare: Vec::new(),
             index: Vec::new(),
             dead: Vec::new(),
         }
@@ -400,13 +404,14 @@ impl Pipeline {
     /// Processes one batch, filling `out`.
     pub fn process(&mut self, msgs: &[Message<'_>], now: f64, out: &mut BatchOutput) {
         out.clear();
-        self.events.clear();
+        self.spare.append(&mut self.events);
         self.index.clear();
         self.dead.clear();
         self.dead.resize(msgs.len(), false);
         let mut parse_invalid: HashMap<&'static str, u64> = HashMap::new();
         for (i, m) in msgs.iter().enumerate() {
-            match Event::parse(m.payload) {
+            let slot = self.spare.pop().unwrap_or_else(Event::empty);
+            match Event::parse_reusing(m.payload, slot) {
                 Ok(ev) => {
                     self.events.push(ev);
                     self.index.push(i);
