@@ -52,6 +52,11 @@ pub struct EngineConfig {
     /// Sliding-window features computed from them, per service.
     pub window: Option<WindowSpec>,
     pub explain: Explain,
+    /// Hand each new service's fit out ([`Engine::take_fits`]) to run elsewhere instead of
+    /// fitting it inside [`Engine::process_batch`]; the service's events meanwhile wait
+    /// ([`Outcome::Waiting`]) and are scored when the fit is installed
+    /// ([`Engine::finish_fit`]).
+    pub background_fits: bool,
 }
 
 impl EngineConfig {
@@ -62,8 +67,86 @@ impl EngineConfig {
             features: None,
             window: None,
             explain: Explain::Flagged,
+            background_fits: false,
         }
     }
+}
+
+/// A new service's fit, handed out by an engine with
+/// [`background_fits`](EngineConfig::background_fits): run it on any thread, then give the
+/// result back with [`Engine::finish_fit`].
+#[derive(Debug, Clone)]
+pub struct FitJob {
+    service: String,
+    job: u64,
+    inputs: Vec<String>,
+    rows: Vec<f64>,
+    trained_at: f64,
+    detector: DetectorConfig,
+    window: Option<WindowSpec>,
+}
+
+impl FitJob {
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Fits the model: the work `process_batch` does inline without background fits.
+    pub fn run(self) -> FitDone {
+        let result = fit_rows(
+            &self.detector,
+            self.window.as_ref(),
+            self.inputs,
+            &self.rows,
+            self.trained_at,
+        );
+        FitDone {
+            service: self.service,
+            job: self.job,
+            result,
+        }
+    }
+}
+
+/// A finished [`FitJob`].
+#[derive(Debug)]
+pub struct FitDone {
+    service: String,
+    job: u64,
+    result: Result<FittedDetector, FitError>,
+}
+
+impl FitDone {
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+}
+
+/// A fit installed by [`Engine::finish_fit`]: its result, and the outcomes of the events
+/// that waited for it, under the ids their [`Outcome::Waiting`] gave, in their order.
+#[derive(Debug)]
+pub struct Finished {
+    pub service: String,
+    pub result: Result<(), FitError>,
+    pub outcomes: Vec<(u64, Outcome)>,
+}
+
+/// Fits a detector on rows built from `inputs` (window features when `window` is set).
+fn fit_rows(
+    detector: &DetectorConfig,
+    window: Option<&WindowSpec>,
+    inputs: Vec<String>,
+    rows: &[f64],
+    trained_at: f64,
+) -> Result<FittedDetector, FitError> {
+    let names = match window {
+        Some(w) => w.names(&inputs),
+        None => inputs.clone(),
+    };
+    let mut m = FittedDetector::fit(detector, names, rows, trained_at)?;
+    m.inputs = inputs;
+    m.window = window.cloned();
+    Ok(m)
 }
 
 /// What happened to one event.
@@ -80,6 +163,10 @@ pub enum Outcome {
     },
     /// The event was scored.
     Scored(Scored),
+    /// The service's model is being fitted elsewhere
+    /// ([`background_fits`](EngineConfig::background_fits)): the event waits, and its outcome
+    /// comes with the fit ([`Engine::finish_fit`]) under this id.
+    Waiting { id: u64 },
 }
 
 /// A scored event.
@@ -107,6 +194,13 @@ enum Phase {
         rows: Vec<f64>,
     },
     Ready(Arc<FittedDetector>),
+    /// Its training rows are being fitted elsewhere (fit `job`, see [`FitJob`]); the rows of
+    /// the events that arrived meanwhile wait, with their ids.
+    Fitting {
+        job: u64,
+        rows: Vec<f64>,
+        ids: Vec<u64>,
+    },
     /// A streaming model's state: scores from the first event, learns from every one.
     Streaming {
         model: Box<dyn StreamingDetector>,
@@ -153,6 +247,11 @@ pub struct Engine {
     /// Lists of field and feature names services share (most services of a stream have the
     /// same ones): a new or restored service takes one of these instead of its own copy.
     lists: Vec<Arc<[String]>>,
+    /// Fits handed out by `process_batch` and not yet taken; the next fit's number and the
+    /// next waiting event's id.
+    jobs: Vec<FitJob>,
+    next_job: u64,
+    next_wait: u64,
 }
 
 /// Distinct name lists kept for sharing, at most (the oldest is dropped first).
@@ -173,7 +272,80 @@ impl Engine {
             pending: HashMap::new(),
             fresh: HashMap::new(),
             lists: Vec::new(),
+            jobs: Vec::new(),
+            next_job: 0,
+            next_wait: 0,
         }
+    }
+
+    /// Hands new services' fits out ([`take_fits`](Self::take_fits)) from now on, or fits
+    /// them inline again.
+    pub fn set_background_fits(&mut self, on: bool) {
+        self.cfg.background_fits = on;
+    }
+
+    /// The fits of services whose training rows are complete, with
+    /// [`background_fits`](EngineConfig::background_fits).
+    pub fn take_fits(&mut self) -> Vec<FitJob> {
+        std::mem::take(&mut self.jobs)
+    }
+
+    /// Services whose fit is handed out and not yet installed.
+    pub fn fitting(&self) -> usize {
+        self.services
+            .values()
+            .filter(|s| matches!(s.phase, Phase::Fitting { .. }))
+            .count()
+    }
+
+    /// Installs a finished fit and scores the events that waited for it. `None` when its
+    /// service no longer waits for it. When fitting failed, the waiting events are the
+    /// start of the service's next training set (as events after a failed inline fit are).
+    pub fn finish_fit(&mut self, done: FitDone) -> Option<Finished> {
+        let explain_all = self.cfg.explain == Explain::All;
+        let svc = self.services.get_mut(done.service.as_str())?;
+        let Phase::Fitting { job, .. } = &svc.phase else {
+            return None;
+        };
+        if *job != done.job {
+            return None;
+        }
+        let Phase::Fitting { mut rows, ids, .. } =
+            std::mem::replace(&mut svc.phase, Phase::Warming { rows: Vec::new() })
+        else {
+            unreachable!("matched above")
+        };
+        let (result, outcomes) = match done.result {
+            Ok(m) => {
+                let scored = score_rows(&m, &mut rows, explain_all);
+                svc.phase = Phase::Ready(Arc::new(m));
+                let outcomes = ids
+                    .into_iter()
+                    .zip(scored)
+                    .map(|(id, s)| (id, Outcome::Scored(s)))
+                    .collect();
+                (Ok(()), outcomes)
+            }
+            Err(e) => {
+                svc.phase = Phase::Warming { rows };
+                let outcomes = ids
+                    .into_iter()
+                    .map(|id| {
+                        let o = Outcome::Training {
+                            fitted: false,
+                            error: None,
+                        };
+                        (id, o)
+                    })
+                    .collect();
+                (Err(e), outcomes)
+            }
+        };
+        Some(Finished {
+            service: done.service,
+            result,
+            outcomes,
+        })
     }
 
     /// `list` as a shared list: one already kept if equal, else a new one (then kept).
@@ -225,7 +397,7 @@ impl Engine {
                         StreamState::saved(self.cfg.detector.kind, &**model),
                     ),
                 )),
-                Phase::Warming { .. } | Phase::Ready(_) => None,
+                Phase::Warming { .. } | Phase::Fitting { .. } | Phase::Ready(_) => None,
             })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -285,7 +457,7 @@ impl Engine {
     pub fn models(&self) -> impl Iterator<Item = (&str, &Arc<FittedDetector>)> {
         self.services.iter().filter_map(|(s, st)| match &st.phase {
             Phase::Ready(m) => Some((s.as_str(), m)),
-            Phase::Warming { .. } | Phase::Streaming { .. } => None,
+            Phase::Warming { .. } | Phase::Fitting { .. } | Phase::Streaming { .. } => None,
         })
     }
 
@@ -293,7 +465,7 @@ impl Engine {
     pub fn model(&self, service: &str) -> Option<&Arc<FittedDetector>> {
         match &self.services.get(service)?.phase {
             Phase::Ready(m) => Some(m),
-            Phase::Warming { .. } | Phase::Streaming { .. } => None,
+            Phase::Warming { .. } | Phase::Fitting { .. } | Phase::Streaming { .. } => None,
         }
     }
 
@@ -320,8 +492,16 @@ impl Engine {
         if n == 0 || self.services.is_empty() {
             return Vec::new();
         }
-        let mut by_age: Vec<(u64, &String)> =
-            self.services.iter().map(|(k, s)| (s.seen, k)).collect();
+        // A service whose fit is running stays: its waiting events are scored by the fit.
+        let mut by_age: Vec<(u64, &String)> = self
+            .services
+            .iter()
+            .filter(|(_, s)| !matches!(s.phase, Phase::Fitting { .. }))
+            .map(|(k, s)| (s.seen, k))
+            .collect();
+        if by_age.is_empty() {
+            return Vec::new();
+        }
         let n = n.min(by_age.len());
         if n < by_age.len() {
             by_age.select_nth_unstable(n - 1);
@@ -339,6 +519,7 @@ impl Engine {
                     StreamState::new(self.cfg.detector.kind, model),
                 )),
                 Phase::Warming { .. } => Evicted::Warming,
+                Phase::Fitting { .. } => unreachable!("not evicted"),
             };
             out.push((name, saved));
         }
@@ -359,6 +540,7 @@ impl Engine {
         for (name, svc) in self.services.iter().take(n.max(1)) {
             let state = match &svc.phase {
                 Phase::Warming { rows } => rows.capacity() * 8,
+                Phase::Fitting { rows, ids, .. } => rows.capacity() * 8 + ids.capacity() * 8,
                 Phase::Ready(m) => {
                     IN_MEMORY * postcard::to_stdvec(&**m).map(|b| b.len()).unwrap_or(0)
                 }
@@ -522,14 +704,13 @@ impl Engine {
         rows: &[f64],
         trained_at: f64,
     ) -> Result<FittedDetector, FitError> {
-        let names = match &self.cfg.window {
-            Some(w) => w.names(&inputs),
-            None => inputs.clone(),
-        };
-        let mut m = FittedDetector::fit(&self.cfg.detector, names, rows, trained_at)?;
-        m.inputs = inputs;
-        m.window = self.cfg.window.clone();
-        Ok(m)
+        fit_rows(
+            &self.cfg.detector,
+            self.cfg.window.as_ref(),
+            inputs,
+            rows,
+            trained_at,
+        )
     }
 
     /// Processes one event.
@@ -545,12 +726,15 @@ impl Engine {
         let base = out.len();
         let train_events = self.cfg.train_events.max(MIN_TRAIN_ROWS);
         let explain_all = self.cfg.explain == Explain::All;
+        let background = self.cfg.background_fits;
         for p in self.pending.values_mut() {
             p.rows.clear();
             p.indices.clear();
         }
         let (mut raw, mut derived) = (Vec::new(), Vec::new());
         for (i, ev) in events.iter().enumerate() {
+            // The id of the event if it waits for its service's fit.
+            let wait_id = self.next_wait;
             let svc = match self.service_of(ev) {
                 Ok(svc) => svc,
                 Err(e) => {
@@ -603,9 +787,29 @@ impl Engine {
                         error: None,
                     });
                     if rows.len() / row.len() >= train_events {
-                        // Fit now, so that the service's next event is scored.
                         let rows = std::mem::take(rows);
                         let inputs = svc.inputs.to_vec();
+                        if background {
+                            let job = self.next_job;
+                            self.next_job += 1;
+                            let svc = self.services.get_mut(ev.service.as_str()).expect("present");
+                            svc.phase = Phase::Fitting {
+                                job,
+                                rows: Vec::new(),
+                                ids: Vec::new(),
+                            };
+                            self.jobs.push(FitJob {
+                                service: ev.service.clone(),
+                                job,
+                                inputs,
+                                rows,
+                                trained_at: now,
+                                detector: self.cfg.detector.clone(),
+                                window: self.cfg.window.clone(),
+                            });
+                            continue;
+                        }
+                        // Fit now, so that the service's next event is scored.
                         let result = self.fit_rows(inputs, &rows, now);
                         let svc = self.services.get_mut(ev.service.as_str()).expect("present");
                         let last = out.last_mut().expect("pushed above");
@@ -625,6 +829,12 @@ impl Engine {
                             }
                         }
                     }
+                }
+                Phase::Fitting { rows, ids, .. } => {
+                    rows.extend_from_slice(row);
+                    ids.push(wait_id);
+                    out.push(Outcome::Waiting { id: wait_id });
+                    self.next_wait += 1;
                 }
                 Phase::Ready(_) => {
                     let p = match self.pending.get_mut(ev.service.as_str()) {
@@ -653,34 +863,47 @@ impl Engine {
             else {
                 continue;
             };
-            let d = m.dim();
-            let raw = p.rows.clone();
-            let mut scores = vec![0.0; p.indices.len()];
-            m.score_raw_batch(&mut p.rows, &mut scores);
-            for (k, &i) in p.indices.iter().enumerate() {
-                let score = scores[k];
-                let flagged = score >= m.threshold;
-                // Values and explanations are only needed for anomaly records and reports.
-                let (values, contributions) = if flagged || explain_all {
-                    (
-                        raw[k * d..(k + 1) * d].to_vec(),
-                        m.contributions_scaled(&p.rows[k * d..(k + 1) * d]),
-                    )
-                } else {
-                    (Vec::new(), Vec::new())
-                };
-                out[base + i] = Outcome::Scored(Scored {
-                    score,
-                    threshold: m.threshold,
-                    flagged,
-                    alarm_start: flagged,
-                    features: m.features.clone(),
-                    values,
-                    contributions,
-                });
+            for (s, &i) in score_rows(m, &mut p.rows, explain_all)
+                .into_iter()
+                .zip(&p.indices)
+            {
+                out[base + i] = Outcome::Scored(s);
             }
         }
     }
+}
+
+/// Scores rows of raw inputs (scaled in place) with a fitted model.
+fn score_rows(m: &FittedDetector, rows: &mut [f64], explain_all: bool) -> Vec<Scored> {
+    let d = m.dim();
+    let raw = rows.to_vec();
+    let mut scores = vec![0.0; rows.len() / d];
+    m.score_raw_batch(rows, &mut scores);
+    scores
+        .iter()
+        .enumerate()
+        .map(|(k, &score)| {
+            let flagged = score >= m.threshold;
+            // Values and explanations are only needed for anomaly records and reports.
+            let (values, contributions) = if flagged || explain_all {
+                (
+                    raw[k * d..(k + 1) * d].to_vec(),
+                    m.contributions_scaled(&rows[k * d..(k + 1) * d]),
+                )
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            Scored {
+                score,
+                threshold: m.threshold,
+                flagged,
+                alarm_start: flagged,
+                features: m.features.clone(),
+                values,
+                contributions,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -715,6 +938,66 @@ mod tests {
         assert!(matches!(outs[99], Outcome::Training { fitted: true, .. }));
         assert!(outs[100..].iter().all(|o| matches!(o, Outcome::Scored(_))));
         assert!(e.model("default").is_some());
+    }
+
+    #[test]
+    fn a_background_fit_holds_the_services_events_and_scores_them_as_an_inline_fit_would() {
+        let kind = ModelKind::named("if").unwrap();
+        let evs: Vec<Event> = Simulator::new(Scenario::Seed, 1, DEFAULT_START_TS)
+            .take(400)
+            .collect();
+        let mut inline = engine(kind, 100);
+        let want: Vec<Outcome> = evs.iter().map(|ev| inline.process(ev, 0.0)).collect();
+        let mut bg = engine(kind, 100);
+        bg.set_background_fits(true);
+        let mut outs: Vec<Outcome> = Vec::new();
+        bg.process_batch(&evs[..130], 0.0, &mut outs);
+        // The training set completes at event 100: its fit is handed out, and the events
+        // after it wait, numbered in order.
+        assert!(outs[..100].iter().all(|o| matches!(
+            o,
+            Outcome::Training {
+                fitted: false,
+                error: None
+            }
+        )));
+        let ids: Vec<u64> = outs[100..]
+            .iter()
+            .map(|o| match o {
+                Outcome::Waiting { id } => *id,
+                o => panic!("{o:?} instead of waiting"),
+            })
+            .collect();
+        assert_eq!(ids, (0..30).collect::<Vec<u64>>());
+        assert!(bg.model("default").is_none() && bg.fitting() == 1);
+        let jobs = bg.take_fits();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].service(), "default");
+        assert!(bg.take_fits().is_empty());
+        // A fitting service is not evicted: its waiting events need the fit.
+        assert!(bg.evict(1).is_empty());
+        // Installed: the waiting events get the outcomes an inline fit gives them, and the
+        // events after them are scored as they come.
+        let fin = bg
+            .finish_fit(jobs.into_iter().next().unwrap().run())
+            .unwrap();
+        assert_eq!(fin.service, "default");
+        assert!(fin.result.is_ok());
+        let got: Vec<Outcome> = fin.outcomes.into_iter().map(|(_, o)| o).collect();
+        assert_eq!(got, want[100..130]);
+        let rest: Vec<Outcome> = evs[130..].iter().map(|ev| bg.process(ev, 0.0)).collect();
+        assert_eq!(rest, want[130..]);
+        assert_eq!(bg.fitting(), 0);
+        // A fit whose service was evicted and came back meanwhile is not installed.
+        let mut bg = engine(kind, 100);
+        bg.set_background_fits(true);
+        for ev in &evs[..100] {
+            bg.process(ev, 0.0);
+        }
+        let job = bg.take_fits().pop().unwrap();
+        let stale = job.clone().run();
+        bg.services.get_mut("default").unwrap().phase = Phase::Warming { rows: Vec::new() };
+        assert!(bg.finish_fit(stale).is_none());
     }
 
     #[test]

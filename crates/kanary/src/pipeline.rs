@@ -6,11 +6,13 @@
 //!
 //! (Over 600 lines only with its tests, which stay beside the pipeline.)
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use kanary_core::detector::{FittedDetector, ModelKind};
-use kanary_core::engine::{Engine, EngineConfig, Evicted, Outcome};
+use kanary_core::engine::{Engine, EngineConfig, Evicted, FitDone, FitJob, Outcome};
 use kanary_core::eval::Confusion;
 use kanary_core::event::Event;
 use kanary_core::persist::ModelFile;
@@ -83,6 +85,28 @@ struct Runner {
     alarm_at: HashMap<String, f64>,
     info: Option<ModelInfo>,
     outcomes: Vec<Outcome>,
+    /// Events waiting for their service's fit, by the id of their [`Outcome::Waiting`].
+    waiting: HashMap<u64, Waiting>,
+    /// Per service being fitted, where the event that completed its training set came from:
+    /// its output is the model, so it is not marked processed before the model is saved.
+    fitting_from: HashMap<String, (i32, i64)>,
+}
+
+/// An event waiting for its service's fit, with where it came from.
+struct Waiting {
+    event: Event,
+    partition: i32,
+    offset: i64,
+}
+
+/// The thread fitting new services' models ([`Pipeline::fit_in_background`]).
+struct Fitter {
+    jobs: mpsc::Sender<(usize, FitJob)>,
+    done: mpsc::Receiver<(usize, FitDone)>,
+    /// Fits handed to the thread and not yet installed.
+    running: usize,
+    /// Fits received by [`Pipeline::wait_for_fits`] and not yet installed.
+    received: Vec<(usize, FitDone)>,
 }
 
 /// Per-model engines plus their telemetry.
@@ -96,6 +120,8 @@ pub struct Pipeline {
     restore: Option<Restore>,
     metrics: Arc<Metrics>,
     live: Arc<Live>,
+    /// Fits new services' models off the scoring thread, once asked to.
+    fitter: Option<Fitter>,
     events: Vec<Event>,
     /// The events of the last batch, parsed into again ([`Event::parse_reusing`]): a stream
     /// is parsed without allocating.
@@ -133,6 +159,8 @@ impl Pipeline {
                     info: None,
                     outcomes: Vec::new(),
                     alarm_at: HashMap::new(),
+                    waiting: HashMap::new(),
+                    fitting_from: HashMap::new(),
                 }
             })
             .collect();
@@ -143,10 +171,133 @@ impl Pipeline {
             runners,
             metrics,
             live,
+            fitter: None,
             events: Vec::new(),
             spare: Vec::new(),
             index: Vec::new(),
             dead: Vec::new(),
+        }
+    }
+
+    /// From now on, new services' models are fitted on a thread of their own (`kanary-fit`):
+    /// a service's events wait while its model is fitted, and are scored (and their outputs
+    /// returned) by the first batch after the fit is done (an empty batch will do), while
+    /// other services' events go on. Without it, fits run inside [`Pipeline::process`].
+    pub fn fit_in_background(&mut self) -> std::io::Result<()> {
+        if self.fitter.is_some() {
+            return Ok(());
+        }
+        let (jobs, jobs_rx) = mpsc::channel::<(usize, FitJob)>();
+        let (done_tx, done) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("kanary-fit".into())
+            .spawn(move || {
+                // Ends when the pipeline (the jobs' sender) is dropped.
+                for (ri, job) in jobs_rx {
+                    if done_tx.send((ri, job.run())).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        for r in &mut self.runners {
+            r.engine.set_background_fits(true);
+        }
+        self.fitter = Some(Fitter {
+            jobs,
+            done,
+            running: 0,
+            received: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Fits running or done and not yet installed (their services' events wait).
+    pub fn fits_running(&self) -> usize {
+        self.fitter.as_ref().map_or(0, |f| f.running)
+    }
+
+    /// Waits up to `timeout` for every running fit to finish (the next batch installs them).
+    pub fn wait_for_fits(&mut self, timeout: Duration) {
+        let Some(f) = &mut self.fitter else { return };
+        let deadline = std::time::Instant::now() + timeout;
+        while f.received.len() < f.running {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match f.done.recv_timeout(left) {
+                Ok(d) => f.received.push(d),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Per partition, the offset of its first event waiting for a fit: what may be marked
+    /// processed there stops before it.
+    pub fn waiting_from(&self) -> BTreeMap<i32, i64> {
+        let mut first = BTreeMap::new();
+        for r in &self.runners {
+            let waiting = r.waiting.values().map(|w| (w.partition, w.offset));
+            for (p, at) in waiting.chain(r.fitting_from.values().copied()) {
+                let o = first.entry(p).or_insert(at);
+                *o = (*o).min(at);
+            }
+        }
+        first
+    }
+
+    /// Installs the fits that are done and emits the outputs of the events that waited for
+    /// them into `out`.
+    fn install_fits(&mut self, now: f64, out: &mut BatchOutput) {
+        let Some(f) = &mut self.fitter else { return };
+        let mut done = std::mem::take(&mut f.received);
+        while done.len() < f.running {
+            match f.done.try_recv() {
+                Ok(d) => done.push(d),
+                Err(_) => break,
+            }
+        }
+        f.running -= done.len();
+        for (ri, d) in done {
+            self.runners[ri].fitting_from.remove(d.service());
+            let Some(fin) = self.runners[ri].engine.finish_fit(d) else {
+                continue;
+            };
+            let r = &mut self.runners[ri];
+            match &fin.result {
+                Ok(()) => {
+                    let fitted = [(ri, fin.service.clone())];
+                    out.new_models.push((ri, fin.service.clone()));
+                    if !out.fitted.contains(&ri) {
+                        out.fitted.push(ri);
+                    }
+                    self.after_fit(ri, Some(&fitted));
+                }
+                Err(e) => {
+                    tracing::warn!(model = r.kind.name(), service = %fin.service, "fitting failed: {e}");
+                }
+            }
+            // The waiting events go through the scored path as a batch of their own.
+            let r = &mut self.runners[ri];
+            self.events.clear();
+            self.index.clear();
+            r.outcomes.clear();
+            let mut msgs = Vec::with_capacity(fin.outcomes.len());
+            for (id, o) in fin.outcomes {
+                let Some(w) = r.waiting.remove(&id) else {
+                    continue;
+                };
+                self.index.push(msgs.len());
+                msgs.push(Message {
+                    payload: &[],
+                    key: None,
+                    partition: w.partition,
+                    offset: w.offset,
+                });
+                self.events.push(w.event);
+                r.outcomes.push(o);
+            }
+            self.dead.clear();
+            self.dead.resize(msgs.len(), false);
+            self.emit(ri, &msgs, now, &HashMap::new(), out, true);
+            self.spare.append(&mut self.events);
         }
     }
 
@@ -404,6 +555,7 @@ impl Pipeline {
     /// Processes one batch, filling `out`.
     pub fn process(&mut self, msgs: &[Message<'_>], now: f64, out: &mut BatchOutput) {
         out.clear();
+        self.install_fits(now, out);
         self.spare.append(&mut self.events);
         self.index.clear();
         self.dead.clear();
@@ -431,6 +583,25 @@ impl Pipeline {
         self.restore_services();
         for ri in 0..self.runners.len() {
             let fitted = self.run_model(ri, msgs, now, &parse_invalid, out);
+            if let Some(f) = &mut self.fitter {
+                let r = &mut self.runners[ri];
+                for job in r.engine.take_fits() {
+                    // The last event of the service that was not left waiting completed the
+                    // training set.
+                    let last = (0..r.outcomes.len()).rev().find(|&k| {
+                        self.events[k].service == job.service()
+                            && matches!(r.outcomes[k], Outcome::Training { .. })
+                    });
+                    if let Some(k) = last {
+                        let m = &msgs[self.index[k]];
+                        r.fitting_from
+                            .insert(job.service().to_string(), (m.partition, m.offset));
+                    }
+                    if f.jobs.send((ri, job)).is_ok() {
+                        f.running += 1;
+                    }
+                }
+            }
             if fitted {
                 out.fitted.push(ri);
                 let new_models = std::mem::take(&mut out.new_models);
@@ -451,14 +622,30 @@ impl Pipeline {
         parse_invalid: &HashMap<&'static str, u64>,
         out: &mut BatchOutput,
     ) -> bool {
+        let r = &mut self.runners[ri];
+        r.outcomes.clear();
+        r.engine.process_batch(&self.events, now, &mut r.outcomes);
+        self.emit(ri, msgs, now, parse_invalid, out, false)
+    }
+
+    /// Counts, records and publishes model `ri`'s outcomes of `self.events` (the messages
+    /// `self.index` points to). `resumed`: the events waited for a fit and were counted
+    /// when they arrived.
+    fn emit(
+        &mut self,
+        ri: usize,
+        msgs: &[Message<'_>],
+        now: f64,
+        parse_invalid: &HashMap<&'static str, u64>,
+        out: &mut BatchOutput,
+        resumed: bool,
+    ) -> bool {
         let metrics = &self.metrics;
         let max_series = self.max_service_series;
         let hold = self.anomalous_hold;
         let r = &mut self.runners[ri];
         let model = r.kind.name();
         let mut invalid = parse_invalid.clone();
-        r.outcomes.clear();
-        r.engine.process_batch(&self.events, now, &mut r.outcomes);
         let (mut valid, mut scored, mut flagged_n) = (0u64, 0u64, 0u64);
         let mut fitted = false;
         let mut training = false;
@@ -484,7 +671,9 @@ impl Pipeline {
                 }
                 continue;
             }
-            valid += 1;
+            if !resumed {
+                valid += 1;
+            }
             // Whether the service has (or now gets) its own series.
             let own_series =
                 r.services.contains_key(ev.service.as_str()) || r.services.len() < max_series;
@@ -503,9 +692,23 @@ impl Pipeline {
                     r.services.entry(ev.service.clone()).or_insert(h)
                 }
             };
-            svc.0.inc();
+            if !resumed {
+                svc.0.inc();
+            }
             match o {
                 Outcome::Invalid(_) => unreachable!("handled above"),
+                Outcome::Waiting { id } => {
+                    training = true;
+                    let m = &msgs[mi];
+                    r.waiting.insert(
+                        *id,
+                        Waiting {
+                            event: ev.clone(),
+                            partition: m.partition,
+                            offset: m.offset,
+                        },
+                    );
+                }
                 Outcome::Training { fitted: f, error } => {
                     training = true;
                     fitted |= *f;
@@ -784,6 +987,58 @@ mod tests {
         );
         assert!(text.contains("detector_events_total{model=\"if\",service=\"default\"} 100"));
         assert!(p.has_models());
+    }
+
+    #[test]
+    fn a_service_fitted_in_the_background_publishes_its_waiting_events_once_the_fit_is_in() {
+        let (mut p, metrics) = pipeline(&[ModelKind::named("zscore").unwrap()], 100);
+        p.fit_in_background().unwrap();
+        let mut events: Vec<Event> = Simulator::new(Scenario::Seed, 2, DEFAULT_START_TS)
+            .take(110)
+            .collect();
+        // An anomaly among the events after the training set, and another service's events.
+        events[105] = Event::new(DEFAULT_START_TS + 20.0, "default")
+            .with_field("latency", 100.0)
+            .with_field("cpu", 99.0)
+            .with_field("memory", 500.0);
+        let payloads: Vec<String> = events.iter().map(|e| e.to_json()).collect();
+        let msgs = messages(&payloads, 1, 500);
+        let mut out = BatchOutput::default();
+        p.process(&msgs, DEFAULT_START_TS + 21.0, &mut out);
+        // Inline, the events after the 100th would be scored in this batch; here they wait
+        // for the fit, and the partition's offset to mark processed stops at the first.
+        assert!(out.anomalies.is_empty() && out.new_models.is_empty());
+        assert_eq!(p.fits_running(), 1);
+        // (From the event that completed the training set: its output is the model.)
+        assert_eq!(p.waiting_from(), BTreeMap::from([(1, 599)]));
+        p.wait_for_fits(Duration::from_secs(30));
+        p.process(&[], DEFAULT_START_TS + 22.0, &mut out);
+        assert_eq!(p.fits_running(), 0);
+        assert!(p.waiting_from().is_empty());
+        assert_eq!(out.new_models, vec![(0, "default".to_string())]);
+        assert_eq!(out.fitted, vec![0]);
+        assert_eq!(out.anomalies.len(), 1, "{:?}", out.anomalies);
+        let v: serde_json::Value = serde_json::from_str(&out.anomalies[0].json).unwrap();
+        assert_eq!(
+            (v["partition"].clone(), v["offset"].clone()),
+            (1.into(), 605.into())
+        );
+        let text = metrics.encode();
+        // Counted once, when they arrived; scored once, after the fit.
+        assert!(text.contains("detector_events_total{model=\"zscore\",service=\"default\"} 110"));
+        assert!(text.contains("detector_anomalies_total{model=\"zscore\",service=\"default\"} 1"));
+        // Later events are scored as they come.
+        let more: Vec<String> = Simulator::new(Scenario::Seed, 3, DEFAULT_START_TS + 30.0)
+            .take(5)
+            .map(|e| e.to_json())
+            .collect();
+        p.process(&messages(&more, 1, 610), DEFAULT_START_TS + 40.0, &mut out);
+        assert_eq!(p.fits_running(), 0);
+        assert!(
+            metrics
+                .encode()
+                .contains("detector_events_total{model=\"zscore\",service=\"default\"} 115")
+        );
     }
 
     #[test]

@@ -162,6 +162,7 @@ pub fn replay(
         for (k, (ev, o)) in chunk.iter().zip(&outcomes).enumerate() {
             match o {
                 Outcome::Invalid(e) => *invalid.entry(e.reason()).or_default() += 1,
+                // (eval fits inline: nothing waits for a fit.)
                 Outcome::Training { fitted, error } => {
                     train_events += 1;
                     fitted_here |= *fitted;
@@ -169,6 +170,7 @@ pub fn replay(
                         tracing::warn!("{}: fitting `{}` failed: {e}", kind, ev.service);
                     }
                 }
+                Outcome::Waiting { .. } => train_events += 1,
                 Outcome::Scored(s) => {
                     scored.push(ScoredPoint {
                         index: b * BATCH + k,

@@ -155,7 +155,7 @@ pub fn score_file(kind: ModelKind, f: &NabFile, args: &NabArgs) -> Result<Vec<f6
             Outcome::Training { error: Some(e), .. } => {
                 bail!("{}: fitting failed: {e}", f.name)
             }
-            Outcome::Training { .. } => norm.update(None),
+            Outcome::Training { .. } | Outcome::Waiting { .. } => norm.update(None),
             Outcome::Invalid(e) => bail!("{}: {e}", f.name),
         });
     }

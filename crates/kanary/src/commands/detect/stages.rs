@@ -146,34 +146,63 @@ pub(super) fn score_loop(
     let mut unsaved = 0usize;
     let mut last_snapshot = Instant::now();
     let mut skipped = 0u64;
+    // New services' models are fitted on a thread of their own; their events wait meanwhile.
+    pipeline
+        .fit_in_background()
+        .context("cannot start the fitting thread")?;
+    // Partitions whose stored offset stopped before an event waiting for a fit, with the
+    // offset to store once nothing there waits.
+    let mut held: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut closing = false;
     loop {
         let waited = Instant::now();
+        let fitting = pipeline.fits_running() > 0;
         // Wake at least once a second while idle: to notice a failed state write, and (with
         // streaming models) to save what is unsaved once the stream goes quiet, so that its
-        // offsets get committed.
-        let batch = match rx.recv_timeout(s.snapshot_every.min(Duration::from_secs(1))) {
-            Ok(b) => b,
+        // offsets get committed; every few milliseconds while fits run, to install them and
+        // publish what waited for them.
+        let wake = if fitting {
+            FIT_POLL
+        } else {
+            s.snapshot_every.min(Duration::from_secs(1))
+        };
+        let (batch, polled) = match rx.recv_timeout(wake) {
+            Ok(b) => (b, true),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 if let Some(e) = store.failure() {
                     bail!("{e}");
                 }
-                if streaming && unsaved > 0 && last_snapshot.elapsed() >= s.snapshot_every {
-                    let idle = with_snapshot(
-                        Vec::new(),
-                        false,
-                        std::mem::take(&mut unsaved),
-                        &pipeline,
-                        &next,
-                        &s.topic,
-                    );
-                    last_snapshot = Instant::now();
-                    if tx.blocking_send(idle).is_err() {
-                        bail!("commit stage stopped");
+                if fitting {
+                    // An empty batch installs the fits that are done.
+                    (Batch::default(), false)
+                } else {
+                    if streaming && unsaved > 0 && last_snapshot.elapsed() >= s.snapshot_every {
+                        let idle = with_snapshot(
+                            Vec::new(),
+                            false,
+                            std::mem::take(&mut unsaved),
+                            &pipeline,
+                            &next,
+                            &s.topic,
+                        );
+                        last_snapshot = Instant::now();
+                        if tx.blocking_send(idle).is_err() {
+                            bail!("commit stage stopped");
+                        }
                     }
+                    continue;
                 }
-                continue;
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                if fitting && !closing {
+                    // Shutdown: let running fits finish, and publish what waited for them.
+                    closing = true;
+                    pipeline.wait_for_fits(FIT_GRACE);
+                    (Batch::default(), false)
+                } else {
+                    break;
+                }
+            }
         };
         stats.idle += waited.elapsed();
         let busy = Instant::now();
@@ -269,20 +298,24 @@ pub(super) fn score_loop(
             *n = (*n).max(m.offset + 1);
         }
         let pending = if !streaming {
+            hold_back(&mut offsets, &mut held, &pipeline.waiting_from());
             Pending {
                 deliveries,
                 offsets,
                 snapshot: None,
                 events: batch.meta.len(),
-                polled: true,
+                polled,
                 wait_for_store: handed,
             }
         } else {
             unsaved += batch.meta.len();
-            if last_snapshot.elapsed() >= s.snapshot_every {
+            // A snapshot's offsets are those its states reflect: none is taken while events
+            // wait for a fit (a fitted model next to a streaming one), as they would be
+            // skipped after a restart from it.
+            if last_snapshot.elapsed() >= s.snapshot_every && pipeline.fits_running() == 0 {
                 last_snapshot = Instant::now();
                 let events = std::mem::take(&mut unsaved);
-                with_snapshot(deliveries, true, events, &pipeline, &next, &s.topic)
+                with_snapshot(deliveries, polled, events, &pipeline, &next, &s.topic)
             } else {
                 // Between snapshots nothing is stored.
                 Pending {
@@ -290,7 +323,7 @@ pub(super) fn score_loop(
                     offsets: Vec::new(),
                     snapshot: None,
                     events: 0,
-                    polled: true,
+                    polled,
                     wait_for_store: false,
                 }
             }
@@ -316,6 +349,37 @@ pub(super) fn score_loop(
         }
     }
     Ok(())
+}
+
+/// How often the scoring stage looks for finished fits while the stream is idle.
+const FIT_POLL: Duration = Duration::from_millis(5);
+
+/// How long a shutdown waits for running fits (their services' events then get published).
+const FIT_GRACE: Duration = Duration::from_secs(2);
+
+/// Stops each partition's offset to store (`offsets`: the next offset per partition) at its
+/// first event waiting for a fit (`waiting_from`), so that a restart processes it again.
+/// `held` keeps the offsets held back; they are stored with a later batch, once nothing
+/// there waits.
+fn hold_back(
+    offsets: &mut Vec<(i32, i64)>,
+    held: &mut BTreeMap<i32, i64>,
+    waiting_from: &BTreeMap<i32, i64>,
+) {
+    for (p, o) in std::mem::take(held) {
+        match offsets.iter_mut().find(|(q, _)| *q == p) {
+            Some((_, x)) => *x = (*x).max(o),
+            None => offsets.push((p, o)),
+        }
+    }
+    for (p, o) in offsets.iter_mut() {
+        if let Some(&w) = waiting_from.get(p)
+            && w < *o
+        {
+            held.insert(*p, *o);
+            *o = w;
+        }
+    }
 }
 
 /// A commit-stage entry that saves the streaming models' states and then stores every offset
@@ -634,4 +698,28 @@ async fn deliver(d: DeliveryFuture, producer: &Producer) -> bool {
     }
     tracing::error!(topic = msg.topic(), "delivery failed for good: {err}");
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_stop_at_an_event_waiting_for_a_fit_and_move_on_once_it_is_scored() {
+        let mut held = BTreeMap::new();
+        // Partition 0 has an event at 105 waiting: its offset stops there; 1 moves on.
+        let mut offsets = vec![(0, 120), (1, 50)];
+        hold_back(&mut offsets, &mut held, &BTreeMap::from([(0, 105)]));
+        assert_eq!(offsets, vec![(0, 105), (1, 50)]);
+        // A batch without partition 0 while the event still waits: nothing more stored there.
+        let mut offsets = vec![(1, 60)];
+        hold_back(&mut offsets, &mut held, &BTreeMap::from([(0, 105)]));
+        assert_eq!(offsets, vec![(1, 60), (0, 105)]);
+        // Scored: the next batch stores what was held back, even without events of its own
+        // on that partition.
+        let mut offsets = vec![(1, 70)];
+        hold_back(&mut offsets, &mut held, &BTreeMap::new());
+        assert_eq!(offsets, vec![(1, 70), (0, 120)]);
+        assert!(held.is_empty());
+    }
 }
