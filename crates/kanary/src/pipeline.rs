@@ -133,6 +133,10 @@ pub struct Pipeline {
 /// Looks up the saved state of a service that is not in memory: a model file holding it.
 pub type Restore = Box<dyn FnMut(ModelKind, &str) -> Option<ModelFile> + Send>;
 
+/// Events waiting for fits, at most: beyond it the next batch waits for the running fits
+/// (a waiting event takes a few hundred bytes).
+const MAX_WAITING: usize = 100_000;
+
 /// Default of `--max-service-series`.
 pub const MAX_SERVICE_SERIES: usize = 200;
 
@@ -555,6 +559,10 @@ impl Pipeline {
     /// Processes one batch, filling `out`.
     pub fn process(&mut self, msgs: &[Message<'_>], now: f64, out: &mut BatchOutput) {
         out.clear();
+        if self.runners.iter().map(|r| r.waiting.len()).sum::<usize>() > MAX_WAITING {
+            // Memory stays bounded when fits cannot keep up: wait for them.
+            self.wait_for_fits(Duration::from_secs(60));
+        }
         self.install_fits(now, out);
         self.spare.append(&mut self.events);
         self.index.clear();
