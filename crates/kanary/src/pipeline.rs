@@ -1004,7 +1004,7 @@ mod tests {
         let mut events: Vec<Event> = Simulator::new(Scenario::Seed, 2, DEFAULT_START_TS)
             .take(110)
             .collect();
-        // An anomaly among the events after the training set, and another service's events.
+        // An anomaly among the events after the training set.
         events[105] = Event::new(DEFAULT_START_TS + 20.0, "default")
             .with_field("latency", 100.0)
             .with_field("cpu", 99.0)

@@ -341,7 +341,13 @@ pub(super) fn score_loop(
             bail!("a delivery failed for good");
         }
     }
-    if streaming && unsaved > 0 && !shared.fatal.load(Ordering::Acquire) {
+    // (Not while events still wait for a fit that did not finish in time: a restart resumes
+    // the snapshot before and processes them again.)
+    if streaming
+        && unsaved > 0
+        && !shared.fatal.load(Ordering::Acquire)
+        && pipeline.fits_running() == 0
+    {
         // Shutdown: one last snapshot, after every batch before it.
         let last = with_snapshot(Vec::new(), false, unsaved, &pipeline, &next, &s.topic);
         if tx.blocking_send(last).is_err() {
