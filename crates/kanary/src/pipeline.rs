@@ -255,7 +255,12 @@ impl Pipeline {
         while done.len() < f.running {
             match f.done.try_recv() {
                 Ok(d) => done.push(d),
-                Err(_) => break,
+                Err(mpsc::TryRecvError::Empty) => break,
+                // Its events would wait for good: the scoring stage fails instead (and the
+                // process exits non-zero), as a fit that panicked on it did.
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    panic!("the fitting thread stopped (a fit panicked)")
+                }
             }
         }
         f.running -= done.len();
@@ -1047,6 +1052,20 @@ mod tests {
                 .encode()
                 .contains("detector_events_total{model=\"zscore\",service=\"default\"} 115")
         );
+    }
+
+    #[test]
+    #[should_panic(expected = "the fitting thread stopped")]
+    fn a_fitting_thread_that_died_fails_the_batch_instead_of_leaving_events_waiting() {
+        let (mut p, _) = pipeline(&[ModelKind::named("zscore").unwrap()], 100);
+        p.fit_in_background().unwrap();
+        // A fit was handed out, and the thread that would return it is gone.
+        let f = p.fitter.as_mut().unwrap();
+        let (gone, done) = mpsc::channel();
+        drop(gone);
+        f.done = done;
+        f.running = 1;
+        p.process(&[], DEFAULT_START_TS, &mut BatchOutput::default());
     }
 
     #[test]
