@@ -63,6 +63,9 @@ typedef struct {
     double qz;        /* tried, off (0): events per day above which a metric whose steps are whole multiples of a
                          smallest step (a CPU-seconds counter read every second moves in 0.01 s) has that step as its
                          scale floor (section 4, "resolution floors") */
+    double rf;        /* events per day above which a metric that is not a count and sits at one value (MAD 0) has
+                         the mean size of its nonzero learned steps as a scale floor (section 4, "resolution floors") */
+    double still;     /* with rf: a metric that has not moved yet deviates by at most `still` scale units (0 = no cap) */
 } Params;
 
 typedef struct {
@@ -73,6 +76,9 @@ typedef struct {
     double mad;                       /* cached 1.4826 * MAD of the level window (-1 = unset) */
     double qnt;                       /* quantum of the metric's steps (0 = none found; variant qz), see step_quantum */
     int frac;                         /* 1 once a learned value was not a whole number */
+    double nzm; long nzc;             /* mean size of the nonzero |dx| between consecutive events, flagged ones included
+                                         (memory W), and their count: what one move of the metric is (rf) */
+    double seen; int has_seen;        /* the previous event's value */
     double *hist; int hpos, hlen;     /* seasonal history (K*P learned values, or level substitute) */
     double *qmx, *qmn; long *imx, *imn; int hx, nx, hn, nn; long nlearn; /* monotone deques (ring buffers of size LR+1) */
     double cup, cdn, cup_new, cdn_new; /* CUSUM state (committed) and candidate */
@@ -312,7 +318,11 @@ int codev_update(Detector *d, const double *x) {
             if (st > s) s = st;
             if (fl > s) s = fl;
             if (m->qnt > s) s = m->qnt;                        /* resolution floors (section 4) */
-            if (p->qf && !m->frac && xv == floor(xv) && s < 1.0) s = 1.0;
+            if (p->qf && !m->frac && xv == floor(xv)) { if (s < 1.0) s = 1.0; }
+            else if (p->rf > 0 && p->epd > p->rf && m->mad == 0) {  /* mostly at one value: its typical move */
+                if (m->nzc > 0) { if (m->nzm > s) s = m->nzm; }
+                else if (p->still > 0 && fabs(xv - L) / p->still > s) s = fabs(xv - L) / p->still;
+            }
             sc_j = s;
             double dv = xv - L;
             if (HL && m->hlen >= p->P) {
@@ -434,6 +444,11 @@ int codev_update(Detector *d, const double *x) {
         double xv = x[j];
         if (p->TK > 0) { int K2 = 2 * p->TK - 1; m->tr[m->tpos] = learn ? xv : lv[j]; m->tpos = (m->tpos + 1) % K2; if (m->tlen < K2) m->tlen++; }
         if (HL) { m->hist[m->hpos] = learn ? xv : lv[j]; m->hpos = (m->hpos + 1) % HL; if (m->hlen < HL) m->hlen++; }
+        if (m->has_seen) {                                    /* moves: every event, flagged ones too (rf) */
+            double dx = fabs(xv - m->seen);
+            if (dx > 1e-9 * fmax(fabs(xv), fabs(m->seen)) + 1e-12) { m->nzc++; m->nzm += (dx - m->nzm) / (m->nzc < p->W ? m->nzc : p->W); }
+        }
+        m->seen = xv; m->has_seen = 1;
         if (!learn) continue;
         m->cup = m->cup_new; m->cdn = m->cdn_new;
         if (p->LR > 0) {
@@ -521,7 +536,7 @@ int main(int argc, char **argv) {
     int K = argc > 3 ? atoi(argv[3]) : 7, TK = argc > 4 ? atoi(argv[4]) : 0, RG = argc > 5 ? atoi(argv[5]) : 1, W = argc > 6 ? atoi(argv[6]) : 72;
     Params p = {.W = 72, .K = 7, .P = 288, .zclip = 10, .relmin = 0, .dir = 0, .ridge = 0.3, .C = 2016, .Ccov = 8640,
                 .inv_every = 288, .rho = 0.1, .target = 0, .kappa = 1, .epd = 288, .epd_i = 288, .pt = 0.02, .ximax = 0, .a1 = 1, .thr = 1,
-                .thr_off = 0.5, .maxhold = 12, .confirm = 1, .warm = 0, .freeze = 1, .calall = 0, .jointlearn = 0, .CU = 0, .LR = 0, .tfloor = 3.0, .diag = 0, .hdecay = 0.97, .SZ = 1, .sgate = 1, .RG = 1, .TK = 0, .rebuild = 0, .span = 0, .qf = 1, .qz = 0};
+                .thr_off = 0.5, .maxhold = 12, .confirm = 1, .warm = 0, .freeze = 1, .calall = 0, .jointlearn = 0, .CU = 0, .LR = 0, .tfloor = 3.0, .diag = 0, .hdecay = 0.97, .SZ = 1, .sgate = 1, .RG = 1, .TK = 0, .rebuild = 0, .span = 0, .qf = 1, .qz = 0, .rf = 1440, .still = 1};
     p.K = K; p.TK = TK; p.RG = RG; p.W = W;
     double *X = malloc(sizeof(double) * n * M);
     uint64_t s = 12345;

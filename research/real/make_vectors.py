@@ -5,7 +5,8 @@
    results/vectors_node1s.csv a made-up node scraped every second (1800 events, epd=86400, no seasonality): two
                               CPU-time rates read from a 100 Hz counter (steps of 0.01 s, timing jitter), a count
                               that sits at 0 and moves once, a load-like gauge, and both CPUs saturated from event
-                              1500 to 1559, which exercises the count floor (qf)
+                              1500 to 1559, which exercises the count floor (qf) and the move floor (rf: iowait sits
+                              at 0 between one-jiffy blips)
 Columns: t, x0..x{M-1}, R, flag, H, c0..c{M-1} (contributions). Values printed with %.17g.
 The repository's copies (crates/kanary-core/tests/data/codev_seed.csv, codev_d2s00.csv, codev_node1s.csv) are
 these files, the first two cut to their first 3000 and 2400 events, with floats in shortest round-trip form."""

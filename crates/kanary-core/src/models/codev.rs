@@ -6,7 +6,11 @@
 //! - level `L` = median of the window; scale `s` = max(1.4826·MAD, the metric's mean step
 //!   between learned values, 1e-9·|L|): the step-size floor keeps metrics that sit still and
 //!   then jump from producing huge z-scores; and a count (every learned value whole) at a
-//!   whole value has `s` ≥ 1, so a count moving by one is one unit of deviation;
+//!   whole value has `s` ≥ 1, so a count moving by one is one unit of deviation; in streams
+//!   of more than one event a minute, a metric that sits at one value (MAD 0) has `s` ≥ its
+//!   typical move (the mean size of its nonzero steps between events, paged ones included),
+//!   and one that has never moved counts its first move as `still` (1) unit at most, so CPU
+//!   steal read every second blipping by 0.01 s is one unit, not the clip;
 //! - seasonal level `S` = median of the values 1..days days earlier (when the stream has a
 //!   whole number of events per day);
 //! - three features, each clipped to ±10: the level deviation (the smaller of `x − L` and
@@ -65,6 +69,10 @@ const FLOOR: f64 = 3.0;
 /// the warm-up needs anyway, so no event that could be scored waits for it: at one event a
 /// second (a node scraped every second) the first minute.
 const PROBE: usize = 60;
+/// Events a day above which a metric that sits at one value (MAD 0) has its typical move as
+/// its scale floor (more than one a minute: a node scraped every few seconds, not 5-minute
+/// aggregates).
+const FAST: f64 = 1440.0;
 /// Longest persistence channel, in events.
 const MAX_SPAN: usize = 16;
 /// Seconds the automatic persistence channel spans.
@@ -74,7 +82,7 @@ const REFRESH: u64 = 12;
 /// Histogram: bin 0 for x <= 1e-4, 160 bins of 1/8 decade from 1e-4, one overflow bin.
 const BINS: usize = 160;
 /// Leads a saved state: its layout (numbers as byte strings, histograms as their bins).
-const LAYOUT: &[u8] = b"codev/3:";
+const LAYOUT: &[u8] = b"codev/4:";
 const BIN_LO: f64 = -4.0;
 const BIN_W: f64 = 0.125;
 
@@ -141,6 +149,10 @@ pub struct CodevParams {
     pub span: usize,
     /// Decay per event of the held episode score.
     pub decay: f64,
+    /// In streams of more than one event a minute, the largest deviation (in scale units) of
+    /// a metric that is not a count and has not moved yet, off the one value its window
+    /// held. 0: no cap.
+    pub still: f64,
 }
 
 impl Default for CodevParams {
@@ -158,6 +170,7 @@ impl Default for CodevParams {
             release: 0.5,
             span: 0,
             decay: 0.97,
+            still: 1.0,
         }
     }
 }
@@ -200,6 +213,10 @@ impl ModelParams for CodevParams {
             "events of the persistence channel, the median of the last span distances (0: about 10 minutes of events, 2 at 5-minute steps, at most 16)",
         ),
         ("decay", "per-event decay of the held episode score"),
+        (
+            "still",
+            "faster than one event a minute: largest deviation (in scale units) of a metric that is not a count and has not moved yet, off the one value its window held (0: no cap)",
+        ),
     ];
 
     fn validate(&self) -> Result<(), InvalidParam> {
@@ -250,6 +267,9 @@ impl ModelParams for CodevParams {
         }
         if !(0.0..1.0).contains(&self.decay) {
             return Err(InvalidParam::new("decay", "must be in [0, 1)"));
+        }
+        if !(self.still >= 0.0 && self.still.is_finite()) {
+            return Err(InvalidParam::new("still", "must be 0 or a positive number"));
         }
         Ok(())
     }
@@ -435,6 +455,11 @@ struct Metric {
     mad: Option<f64>,
     /// A learned value was not a whole number.
     fractional: bool,
+    /// The mean size of the nonzero steps between consecutive events, flagged ones too (a
+    /// memory of `window` moves), how many there were, and the last event's value.
+    move_size: f64,
+    moves: u64,
+    seen: Option<f64>,
     /// Seasonal history: one value per event (the value if learned, else the level).
     #[serde(with = "crate::packed::deque")]
     season: VecDeque<f64>,
@@ -450,6 +475,9 @@ impl Metric {
             last: None,
             mad: None,
             fractional: false,
+            move_size: 0.0,
+            moves: 0,
+            seen: None,
             season: VecDeque::new(),
         }
     }
@@ -494,6 +522,19 @@ impl Metric {
             }
         }
         v
+    }
+
+    /// Every event's value, flagged ones too: a metric's moves say what one move of it is,
+    /// not what is normal for it (a blip that paged is the metric's resolution all the same).
+    fn observe(&mut self, x: f64, window: usize) {
+        if let Some(prev) = self.seen {
+            let dx = (x - prev).abs();
+            if dx > 1e-9 * x.abs().max(prev.abs()) + 1e-12 {
+                self.moves += 1;
+                self.move_size += (dx - self.move_size) / self.moves.min(window as u64) as f64;
+            }
+        }
+        self.seen = Some(x);
     }
 
     fn learn(&mut self, x: f64, window: usize) {
@@ -706,6 +747,7 @@ impl Codev {
         let m_n = self.dim;
         let fdim = 3 * m_n;
         let season_len = p.days * self.period;
+        let fast = self.per_day > FAST;
         self.f.clear();
         self.f.resize(fdim, 0.0);
         self.levels.clear();
@@ -728,6 +770,14 @@ impl Codev {
                 // A count (every learned value whole) at a whole value: one is its resolution.
                 if !m.fractional && xv == xv.floor() {
                     s = s.max(1.0);
+                } else if fast && m.mad == Some(0.0) {
+                    // Mostly at one value: it moves by its typical move (CPU time read every
+                    // second by 0.01 s); one that never moved counts `still` units at most.
+                    if m.moves > 0 {
+                        s = s.max(m.move_size);
+                    } else if p.still > 0.0 {
+                        s = s.max((xv - level).abs() / p.still);
+                    }
                 }
                 let mut dv = xv - level;
                 let mut zs = None;
@@ -873,6 +923,7 @@ impl Codev {
                 }
                 m.season.push_back(if learn { xv } else { self.levels[j] });
             }
+            m.observe(xv, p.window);
             if learn {
                 m.learn(xv, p.window);
             }
@@ -1394,6 +1445,62 @@ mod tests {
         assert!(
             flagged[1500],
             "the saturation is not flagged at its first event"
+        );
+    }
+
+    /// Alarm starts (records) of a node read every second: busy CPU in 0.01 s steps, a load
+    /// gauge, and CPU steal at 0 that takes `steal(t)` from event 2,400 on (the model is warm
+    /// and its steal has never moved).
+    fn node_pages(steal: impl Fn(usize) -> f64) -> Vec<usize> {
+        let mut rng = crate::rng::Rng::new(3);
+        let mut c = Codev::new(CodevParams::default(), 3);
+        let mut load: f64 = 0.2;
+        let mut starts = Vec::new();
+        for t in 0..3_600 {
+            let busy = (1 + rng.below(3) + if rng.chance(0.1) { 2 } else { 0 }) as f64 / 100.0;
+            load += (0.2 - load) / 60.0 + rng.normal(0.0, 0.005);
+            let x = [
+                busy,
+                (load * 100.0).round() / 100.0,
+                if t >= 2_400 { steal(t) } else { 0.0 },
+            ];
+            let step = c.step(1.7e9 + t as f64, &x);
+            if step.flagged && c.state == State::Alarm && c.age == 0 {
+                starts.push(t);
+            }
+        }
+        starts
+    }
+
+    #[test]
+    fn one_quantum_blips_of_a_metric_that_sat_at_zero_page_no_one_at_one_event_a_second() {
+        // The load gauge (two decimals, drifting slowly) often sits at one value for most of
+        // the window: its scale was its mean step, and a move of 0.01 paged (event 1188).
+        assert_eq!(
+            node_pages(|_| 0.0),
+            Vec::<usize>::new(),
+            "a calm node pages"
+        );
+        // Steal blips by 0.01 s every 40 s: with the scale of a metric that never moved (the
+        // 1e-12 floor) each was the largest possible deviation, paged, and (paged events are
+        // not learnt) stayed new, so the next one paged too.
+        let blips = node_pages(|t| if t % 40 == 0 { 0.01 } else { 0.0 });
+        assert!(blips.is_empty(), "one-quantum blips paged at {blips:?}");
+        // A neighbour stealing 30% of a CPU for a minute, once the blips have shown what one
+        // move of steal is, pages at once.
+        let both = node_pages(|t| {
+            if (3_000..3_060).contains(&t) {
+                0.3
+            } else if t % 40 == 0 {
+                0.01
+            } else {
+                0.0
+            }
+        });
+        assert_eq!(
+            both.first(),
+            Some(&3_000),
+            "steal of 0.3 s/s after one-quantum blips: {both:?}"
         );
     }
 
