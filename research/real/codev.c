@@ -63,8 +63,9 @@ typedef struct {
     double qz;        /* tried, off (0): events per day above which a metric whose steps are whole multiples of a
                          smallest step (a CPU-seconds counter read every second moves in 0.01 s) has that step as its
                          scale floor (section 4, "resolution floors") */
-    double rf;        /* events per day above which a metric that is not a count and sits at one value (MAD 0) has
-                         the mean size of its nonzero learned steps as a scale floor (section 4, "resolution floors") */
+    double rf;        /* events per day above which a metric that is not a count and rarely moves (at most a share pt
+                         of its window off L) has the mean size of its nonzero steps between events (flagged ones
+                         included) as a scale floor (section 4, "move floor") */
     double still;     /* with rf: a metric that has not moved yet deviates by at most `still` scale units (0 = no cap) */
 } Params;
 
@@ -213,6 +214,14 @@ static double small_median(double *v, int n) {   /* insertion sort, n small */
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+/* at most a share 2*pt of the sorted window lies off L (moves rarer than both quantiles the thresholds
+   extrapolate from) */
+static int rarely_moves(const double *sw, int n, double L, double pt) {
+    int off = 0;
+    for (int i = 0; i < n; i++) off += sw[i] != L;
+    return off <= pt * n;
+}
+
 /* ---------- API ---------- */
 Detector *codev_new(const Params *p, int M) {
     if (M > MAXM) return NULL;
@@ -319,7 +328,7 @@ int codev_update(Detector *d, const double *x) {
             if (fl > s) s = fl;
             if (m->qnt > s) s = m->qnt;                        /* resolution floors (section 4) */
             if (p->qf && !m->frac && xv == floor(xv)) { if (s < 1.0) s = 1.0; }
-            else if (p->rf > 0 && p->epd > p->rf && m->mad == 0) {  /* mostly at one value: its typical move */
+            else if (p->rf > 0 && p->epd > p->rf && rarely_moves(m->sw, m->ns, L, p->pt)) {  /* its typical move */
                 if (m->nzc > 0) { if (m->nzm > s) s = m->nzm; }
                 else if (p->still > 0 && fabs(xv - L) / p->still > s) s = fabs(xv - L) / p->still;
             }
