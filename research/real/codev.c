@@ -214,8 +214,8 @@ static double small_median(double *v, int n) {   /* insertion sort, n small */
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-/* at most a share 2*pt of the sorted window lies off L (moves rarer than both quantiles the thresholds
-   extrapolate from) */
+/* at most a share pt of the sorted window lies off L (moves that rare fall beyond the upper quantile the
+   thresholds extrapolate from) */
 static int rarely_moves(const double *sw, int n, double L, double pt) {
     int off = 0;
     for (int i = 0; i < n; i++) off += sw[i] != L;

@@ -525,8 +525,8 @@ impl Metric {
         v
     }
 
-    /// At most a share 2·TAIL of the window lies off `level`: moves that rare are below both
-    /// quantiles the thresholds extrapolate from, so the calibration cannot know them.
+    /// At most a share TAIL of the window lies off `level`: moves that rare fall beyond the
+    /// upper quantile the thresholds extrapolate from, so the calibration cannot know them.
     fn rarely_moves(&self, level: f64) -> bool {
         let at = self.sorted.partition_point(|v| *v <= level)
             - self.sorted.partition_point(|v| *v < level);
