@@ -87,6 +87,11 @@ const LAYOUT: &[u8] = b"codev/4:";
 const BIN_LO: f64 = -4.0;
 const BIN_W: f64 = 0.125;
 
+/// Float noise at magnitude `a`: smaller differences are no move, and no scale is smaller.
+fn noise(a: f64) -> f64 {
+    1e-9 * a.abs() + 1e-12
+}
+
 /// Which changes count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -538,7 +543,7 @@ impl Metric {
     fn observe(&mut self, x: f64, window: usize) {
         if let Some(prev) = self.seen {
             let dx = (x - prev).abs();
-            if dx > 1e-9 * x.abs().max(prev.abs()) + 1e-12 {
+            if dx > noise(x.abs().max(prev.abs())) {
                 self.moves += 1;
                 self.move_size += (dx - self.move_size) / self.moves.min(window as u64) as f64;
             }
@@ -775,7 +780,7 @@ impl Codev {
                 } else {
                     m.step_sum / m.steps.len() as f64
                 };
-                s = s.max(step).max(1e-9 * level.abs() + 1e-12);
+                s = s.max(step).max(noise(level));
                 // A count (every learned value whole) at a whole value: one is its resolution.
                 if !m.fractional && xv == xv.floor() {
                     s = s.max(1.0);
@@ -932,7 +937,10 @@ impl Codev {
                 }
                 m.season.push_back(if learn { xv } else { self.levels[j] });
             }
-            m.observe(xv, p.window);
+            // Only fast streams read the moves (the scale floor of metrics that rarely move).
+            if fast {
+                m.observe(xv, p.window);
+            }
             if learn {
                 m.learn(xv, p.window);
             }
