@@ -67,6 +67,21 @@ typedef struct {
                          of its window off L) has the mean size of its nonzero steps between events (flagged ones
                          included) as a scale floor (section 4, "move floor") */
     double still;     /* with rf: a metric that has not moved yet deviates by at most `still` scale units (0 = no cap) */
+    double BR;        /* tried, off (0): breadth channel, B = sum over metrics of min(|level z|, BR)^2, its span median
+                         judged against its own histogram at rho * brate exceedances per day, with an alarm state of
+                         its own (section 4, "Breadth channel") */
+    double brate;     /* with BR: the breadth channel's exceedances per day, as a multiple of rho */
+    int PZ;           /* tried, off (0): a fourth feature block, the median of the last PZ (3..16) level features */
+    double hold;      /* hold channel (0 = off): a metric whose level feature's median over the last hspan events is at
+                         least `hold` scale units off starts an alarm of its own (spec 2.8). Only in streams of at most
+                         hfast events a day */
+    int hspan;        /* with hold: events of the median (0: about 30 minutes, round(1800 * epd / 86400) in [3, 16]) */
+    double hfast;     /* with hold: events per day above which the hold channel is off (1440) */
+    int hcal;         /* tried, off (0): with hold, each metric's threshold from its own histogram of the held value at
+                         rho * hrate / M exceedances per day (hold is then the floor), tail fraction hpt; hraw = 1
+                         extrapolates from the raw quantiles and floors afterwards */
+    double hrate, hpt;
+    int hraw;
 } Params;
 
 typedef struct {
@@ -110,6 +125,9 @@ typedef struct {
     int flag;
     double *wbuf; int nwarm;          /* learned features before the first inverse (rebuild), at most 288 rows */
     double dring[16]; int dlen;       /* one-event distances of the last span-1 events (span > 2), oldest first */
+    Hist h3; double bring[16]; int blen; double bprev, t3, R3; int bstate; /* breadth channel (BR > 0) */
+    double pring[MAXM][16]; int plen[MAXM];   /* level features of the last hspan-1 events, per metric (hold or PZ) */
+    double hz[MAXM], hth[MAXM]; Hist hm[MAXM]; int hstate; double RH;   /* hold channel: held value, threshold */
 } Detector;
 
 /* ---------- helpers ---------- */
@@ -188,6 +206,12 @@ static double tail_thr(const Hist *h, double r, double pt, double ximax, double 
     else { double sg = a * xi / (pow(2.0, xi) - 1.0); thr = q1 + sg * (pow(ratio, xi) - 1.0) / xi; }
     return thr > fl ? thr : fl;
 }
+/* per-metric channel: exponential tail above Q(1-pt) from the raw quantiles, floored after the extrapolation */
+static double tail_thr_raw(const Hist *h, double r, double pt, double fl) {
+    double q1 = hist_quant(h, 1.0 - pt), q2 = hist_quant(h, 1.0 - 2 * pt);
+    double thr = r >= pt ? hist_quant(h, 1.0 - r) : q1 + (q1 > q2 ? q1 - q2 : 0) / log(2.0) * log(pt / r);
+    return thr > fl ? thr : fl;
+}
 /* invert SPD matrix A (n x n) + ridge*I into out via Cholesky; returns 0 on success */
 static int spd_inverse(const double *A, int n, double ridge, double *out) {
     double L[MAXF * MAXF]; memset(L, 0, sizeof(double) * n * n);
@@ -237,17 +261,22 @@ Detector *codev_new(const Params *p, int M) {
         m->hist = HL ? malloc(sizeof(double) * HL) : NULL;
         m->tr = p->TK > 0 ? malloc(sizeof(double) * 2 * p->TK) : NULL;  /* uses 2*TK-1 */
     }
-    d->F = M * (1 + (p->TK > 0) + (p->RG > 0) + (p->CU > 0) + (p->LR > 0) + (p->SZ > 0));
+    d->F = M * (1 + (p->TK > 0) + (p->RG > 0) + (p->CU > 0) + (p->LR > 0) + (p->SZ > 0) + (p->PZ > 0));
     for (int i = 0; i < d->F; i++) d->cov[i * d->F + i] = 1.0;   /* prior: identity */
-    hist_init(&d->h1, p->C); hist_init(&d->h2, p->C);
+    hist_init(&d->h1, p->C); hist_init(&d->h2, p->C); hist_init(&d->h3, p->C); for (int j = 0; j < M; j++) hist_init(&d->hm[j], p->hcal ? p->C : 1);
     d->wbuf = p->rebuild ? malloc(sizeof(double) * 288 * d->F) : NULL;
     return d;
 }
 void codev_free(Detector *d) {
     for (int j = 0; j < d->M; j++) { free(d->m[j].sw); free(d->m[j].ring); free(d->m[j].dring); free(d->m[j].hist); free(d->m[j].tr); if (d->p.LR > 0) { free(d->m[j].qmx); free(d->m[j].qmn); free(d->m[j].imx); free(d->m[j].imn); } }
-    free(d->h1.bring); free(d->h2.bring); free(d->wbuf); free(d);
+    free(d->h1.bring); free(d->h2.bring); free(d->h3.bring); for (int j = 0; j < d->M; j++) free(d->hm[j].bring); free(d->wbuf); free(d);
 }
 
+static int hold_span(const Params *p) {
+    if (p->hspan > 0) return p->hspan > 16 ? 16 : p->hspan;
+    double s = round(1800.0 * p->epd / 86400.0);
+    return s < 3 ? 3 : s > 16 ? 16 : (int)s;
+}
 static int span_of(const Params *p) {
     if (p->span > 0) return p->span;
     double s = round(600.0 * p->epd / 86400.0);
@@ -407,6 +436,10 @@ int codev_update(Detector *d, const double *x) {
             if (q < -p->zclip) q = -p->zclip;
             d->z[(1 + (p->TK > 0) + (p->RG > 0) + (p->CU > 0) + (p->LR > 0)) * M + j] = q;
         }
+        if (p->PZ > 0) {                      /* persistent level deviation: median of the last PZ level features */
+            double zl = d->z[j], prev = d->plen[j] ? d->pring[j][d->plen[j] - 1] : zl;
+            d->z[(1 + (p->TK > 0) + (p->RG > 0) + (p->CU > 0) + (p->LR > 0) + (p->SZ > 0)) * M + j] = span_median(d->pring[j], &d->plen[j], p->PZ, zl, prev);
+        }
     }
     /* 2. joint distance d = z' (Cov + ridge I)^-1 z, contributions z_j (A z)_j */
     int F = d->F;
@@ -424,15 +457,39 @@ int codev_update(Detector *d, const double *x) {
     for (int j = 0; j < M; j++) d->contrib[j] = ctot > 0 ? d->contrib[j] / ctot : 1.0 / M;
     int span = span_of(p);
     double dm = span_median(d->dring, &d->dlen, span, dd, d->dprev);
+    double B = 0, Bm = 0;
+    if (p->BR > 0) {
+        for (int j = 0; j < M; j++) { double a = fabs(d->z[j]); if (a > p->BR) a = p->BR; B += a * a; }
+        Bm = span_median(d->bring, &d->blen, span, B, d->bprev);
+    }
+    /* hold channel: per metric, the median of its level feature over the last hspan events against `hold` */
+    int hon = p->hold > 0 && p->epd <= p->hfast;
+    double RH = 0;
+    if (hon) {
+        int hs = hold_span(p);
+        double rh = (d->rho_cur > 0 ? d->rho_cur : p->rho) * p->kappa / p->epd * p->hrate / M;
+        for (int j = 0; j < M; j++) {
+            double a = d->z[j], prev = d->plen[j] ? d->pring[j][d->plen[j] - 1] : a;
+            d->hz[j] = fabs(span_median(d->pring[j], &d->plen[j], hs, a, prev));
+            if (!p->hcal) d->hth[j] = p->hold;
+            else if (d->t % 12 == 0 || d->hth[j] <= 0)
+                d->hth[j] = p->hraw ? tail_thr_raw(&d->hm[j], rh, p->hpt > 0 ? p->hpt : p->pt, p->hold)
+                                    : tail_thr(&d->hm[j], rh, p->hpt > 0 ? p->hpt : p->pt, p->ximax, p->hold);
+            if (d->hz[j] / d->hth[j] > RH) RH = d->hz[j] / d->hth[j];
+        }
+    }
     /* 3. calibration: threshold for a target exceedance rate r = rho * kappa / epd per event, from the
      *    own recent distribution (sliding histogram): Pareto-type tail extrapolation above q_hi. */
     if (d->rho_cur <= 0) d->rho_cur = p->rho;
     double r = d->rho_cur * p->kappa / p->epd;
-    if (d->t % 12 == 0 || d->t1 <= 0) { d->t1 = tail_thr(&d->h1, r, p->pt, p->ximax, p->tfloor); d->t2 = tail_thr(&d->h2, r, p->pt, p->ximax, p->tfloor); }
+    if (d->t % 12 == 0 || d->t1 <= 0) { d->t1 = tail_thr(&d->h1, r, p->pt, p->ximax, p->tfloor); d->t2 = tail_thr(&d->h2, r, p->pt, p->ximax, p->tfloor);
+        if (p->BR > 0) d->t3 = tail_thr(&d->h3, r * p->brate, p->pt, p->ximax, p->tfloor); }
     double t1 = d->t1, t2 = d->t2;                     /* thresholds refreshed every 12 events */
     double R1 = dd / t1, R2 = dm / t2;
     int scoring = ready && d->t >= p->warm && d->h1.len >= 288 && d->ncov >= 288;
-    if (!scoring) { R1 = R2 = 0; }
+    double R3 = p->BR > 0 ? Bm / d->t3 : 0;
+    if (!scoring) { R1 = R2 = R3 = RH = 0; }
+    if (d->h1.len < p->C) RH = 0;   /* the hold channel waits for a full calibration window (the main channels' quiet start) */
     double R = R1 / p->a1 > R2 ? R1 / p->a1 : R2;
     /* 4. alarm state machine: 0 armed, 1 alarm (flagged), 2 refractory */
     int flag = 0;
@@ -446,6 +503,28 @@ int codev_update(Detector *d, const double *x) {
     if (d->state == 2) { if (R < off) d->state = 0; }             /* re-arm once the score is below off */
     if (R >= on) d->run++; else d->run = 0;
     if (d->state == 0 && d->run >= p->confirm) { d->state = 1; d->age = 0; flag = 1; }
+    /* breadth: an alarm state of its own (one flagged event, then refractory until R3 < off), so a long
+       breadth episode neither pages again nor holds the main channels refractory */
+    if (p->BR > 0) {
+        if (d->bstate == 2 && R3 < off) d->bstate = 0;
+        if (d->bstate == 0 && R3 >= on) { d->bstate = 2; flag = 1; }
+    }
+    /* hold: an alarm state of its own on RH (one flagged event, then refractory until RH < off). While the main
+       channels' alarm is on or refractory, a hold is part of that episode: no flag of its own. An event only
+       the hold channel flags reports the held metrics as its contributions */
+    if (hon) {
+        if (d->hstate == 2 && RH < off) d->hstate = 0;
+        if (d->hstate == 0 && RH >= on && d->state != 0) d->hstate = 2;   /* part of the main alarm's episode */
+        if (d->hstate == 0 && RH >= on) {
+            d->hstate = 2;
+            if (!flag) {
+                double tot = 0;
+                for (int j = 0; j < M; j++) tot += d->hz[j] >= d->hth[j] ? d->hz[j] : 0;
+                for (int j = 0; j < M; j++) d->contrib[j] = d->hz[j] >= d->hth[j] ? d->hz[j] / tot : 0;
+            }
+            flag = 1;
+        }
+    }
     /* 5. learning (skipped for flagged events when freeze) */
     int learn = !(p->freeze && flag);
     for (int j = 0; j < M; j++) {
@@ -503,10 +582,13 @@ int codev_update(Detector *d, const double *x) {
         }
     }
     if (ready && !rebuilt) {
-        if (jl || p->calall == 1) { hist_add(&d->h1, p->C, dd); hist_add(&d->h2, p->C, dm); }
+        if (jl || p->calall == 1) { hist_add(&d->h1, p->C, dd); hist_add(&d->h2, p->C, dm); if (p->BR > 0) hist_add(&d->h3, p->C, Bm); if (hon && p->hcal) for (int j = 0; j < M; j++) hist_add(&d->hm[j], p->C, d->hz[j]); }
         else if (p->calall == 2) { hist_add(&d->h1, p->C, dd < t1 ? dd : t1); hist_add(&d->h2, p->C, dm < t2 ? dm : t2); } /* winsorised at the threshold */
     }
     if (!rebuilt) d->dprev = dd;
+    d->bprev = B; d->R3 = R3; d->RH = RH;
+    if (R3 > R) R = R3;
+    if (RH > R) R = RH;
     { double hd = p->hdecay * d->Hs; d->Hs = R > hd ? R : hd; }
     if (p->target > 0 && scoring) {   /* adaptive knob: EW rate of alarm starts (memory C events), adjusted once a day */
         int started = flag && d->age == 0 && d->state == 1;
@@ -545,7 +627,7 @@ int main(int argc, char **argv) {
     int K = argc > 3 ? atoi(argv[3]) : 7, TK = argc > 4 ? atoi(argv[4]) : 0, RG = argc > 5 ? atoi(argv[5]) : 1, W = argc > 6 ? atoi(argv[6]) : 72;
     Params p = {.W = 72, .K = 7, .P = 288, .zclip = 10, .relmin = 0, .dir = 0, .ridge = 0.3, .C = 2016, .Ccov = 8640,
                 .inv_every = 288, .rho = 0.1, .target = 0, .kappa = 1, .epd = 288, .epd_i = 288, .pt = 0.02, .ximax = 0, .a1 = 1, .thr = 1,
-                .thr_off = 0.5, .maxhold = 12, .confirm = 1, .warm = 0, .freeze = 1, .calall = 0, .jointlearn = 0, .CU = 0, .LR = 0, .tfloor = 3.0, .diag = 0, .hdecay = 0.97, .SZ = 1, .sgate = 1, .RG = 1, .TK = 0, .rebuild = 0, .span = 0, .qf = 1, .qz = 0, .rf = 1440, .still = 1};
+                .thr_off = 0.5, .maxhold = 12, .confirm = 1, .warm = 0, .freeze = 1, .calall = 0, .jointlearn = 0, .CU = 0, .LR = 0, .tfloor = 3.0, .diag = 0, .hdecay = 0.97, .SZ = 1, .sgate = 1, .RG = 1, .TK = 0, .rebuild = 0, .span = 0, .qf = 1, .qz = 0, .rf = 1440, .still = 1, .BR = 0, .brate = 1, .PZ = 0, .hold = 0, .hspan = 0, .hfast = 1440, .hcal = 0, .hrate = 1, .hpt = 0, .hraw = 0};
     p.K = K; p.TK = TK; p.RG = RG; p.W = W;
     double *X = malloc(sizeof(double) * n * M);
     uint64_t s = 12345;
