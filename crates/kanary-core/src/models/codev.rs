@@ -78,12 +78,14 @@ const FAST: f64 = 1440.0;
 const MAX_SPAN: usize = 16;
 /// Seconds the automatic persistence channel spans.
 const SPAN_SECONDS: f64 = 600.0;
+/// Seconds the hold channel spans (3 to `MAX_SPAN` events).
+const HOLD_SECONDS: f64 = 1800.0;
 /// Scales, MADs and thresholds are refreshed every this many events.
 const REFRESH: u64 = 12;
 /// Histogram: bin 0 for x <= 1e-4, 160 bins of 1/8 decade from 1e-4, one overflow bin.
 const BINS: usize = 160;
 /// Leads a saved state: its layout (numbers as byte strings, histograms as their bins).
-const LAYOUT: &[u8] = b"codev/4:";
+const LAYOUT: &[u8] = b"codev/5:";
 const BIN_LO: f64 = -4.0;
 const BIN_W: f64 = 0.125;
 
@@ -159,6 +161,10 @@ pub struct CodevParams {
     /// a metric that is not a count and has never moved, off the one value it held. 0: no
     /// cap.
     pub still: f64,
+    /// In streams of at most one event a minute, a metric whose level deviation stays at
+    /// least this many scale units off (its median over about 30 minutes of events, 3 to 16)
+    /// starts an alarm of its own. 0: off.
+    pub hold: f64,
 }
 
 impl Default for CodevParams {
@@ -177,6 +183,7 @@ impl Default for CodevParams {
             span: 0,
             decay: 0.97,
             still: 1.0,
+            hold: 0.0,
         }
     }
 }
@@ -222,6 +229,10 @@ impl ModelParams for CodevParams {
         (
             "still",
             "faster than one event a minute: largest deviation (in scale units) of a metric that is not a count and has never moved, off the one value it held (0: no cap)",
+        ),
+        (
+            "hold",
+            "at most one event a minute: a metric held at least this many scale units off its level for most of about 30 minutes starts an alarm of its own (0: off; 8 catches more incidents, later, at more pages)",
         ),
     ];
 
@@ -276,6 +287,14 @@ impl ModelParams for CodevParams {
         }
         if !(self.still >= 0.0 && self.still.is_finite()) {
             return Err(InvalidParam::new("still", "must be 0 or a positive number"));
+        }
+        if !(0.0..=ZCLIP).contains(&self.hold) {
+            return Err(InvalidParam::new(
+                "hold",
+                format!(
+                    "must be 0 (off) or a number of scale units up to {ZCLIP} (features are clipped there)"
+                ),
+            ));
         }
         Ok(())
     }
@@ -466,6 +485,12 @@ struct Metric {
     move_size: f64,
     moves: u64,
     seen: Option<f64>,
+    /// Level deviations of the last events of the hold channel (all but the newest).
+    #[serde(with = "crate::packed::deque")]
+    held: VecDeque<f64>,
+    /// Scratch: this event's held deviation (their median, absolute).
+    #[serde(skip)]
+    held_dev: f64,
     /// Seasonal history: one value per event (the value if learned, else the level).
     #[serde(with = "crate::packed::deque")]
     season: VecDeque<f64>,
@@ -484,6 +509,8 @@ impl Metric {
             move_size: 0.0,
             moves: 0,
             seen: None,
+            held: VecDeque::new(),
+            held_dev: 0.0,
             season: VecDeque::new(),
         }
     }
@@ -630,6 +657,8 @@ pub struct Codev {
     t: u64,
     state: State,
     age: usize,
+    /// The hold channel's alarm state (armed or refractory).
+    hold_state: State,
     held: f64,
     /// Outputs of the last event.
     #[serde(with = "crate::packed::vec")]
@@ -676,6 +705,7 @@ impl Codev {
             t: 0,
             state: State::Armed,
             age: 0,
+            hold_state: State::Armed,
             held: 0.0,
             contrib: Vec::new(),
             f: Vec::new(),
@@ -755,6 +785,13 @@ impl Codev {
             .clamp(2.0, MAX_SPAN as f64) as usize
     }
 
+    /// Events of the hold channel: about 30 minutes of them, 3 to `MAX_SPAN`.
+    fn hold_span(&self) -> usize {
+        (HOLD_SECONDS * self.per_day / 86_400.0)
+            .round()
+            .clamp(3.0, MAX_SPAN as f64) as usize
+    }
+
     /// The spec's per-event update (research/real/FINDINGS.md §2).
     fn update(&mut self, x: &[f64]) -> Out {
         let p = &self.params;
@@ -766,6 +803,7 @@ impl Codev {
         self.f.resize(fdim, 0.0);
         self.levels.clear();
         self.levels.resize(m_n, 0.0);
+
         let mut ready = true;
         for (j, (m, &xv)) in self.metrics.iter_mut().zip(x).enumerate() {
             let mut level = xv;
@@ -894,6 +932,17 @@ impl Codev {
         }
         let span = self.span();
         let dm = persistence(&mut self.d_ring, span, d, self.d_prev);
+        // The hold channel: each metric's level deviation, its median over the hold span.
+        let hold_on = p.hold > 0.0 && !fast;
+        let mut rh = 0.0f64;
+        if hold_on {
+            let hs = self.hold_span();
+            for (m, &z) in self.metrics.iter_mut().zip(&self.f) {
+                let prev = m.held.back().copied().unwrap_or(z);
+                m.held_dev = persistence(&mut m.held, hs, z, prev).abs();
+                rh = rh.max(m.held_dev / p.hold);
+            }
+        }
         // Calibration.
         let r = rho_for_pages(p.pages_per_day) / self.per_day;
         if self.t % REFRESH == 0 || self.t1 <= 0.0 {
@@ -906,6 +955,11 @@ impl Codev {
         } else {
             (0.0, 0.0)
         };
+        // The hold channel waits for a full calibration window: the main channels' quiet
+        // start (a week at 5-minute steps) is its too.
+        if !scoring || self.h1.bins.len() < p.calibration {
+            rh = 0.0;
+        }
         let score = r1.max(r2);
         // Alarm state machine.
         let off = p.release;
@@ -927,6 +981,32 @@ impl Codev {
             self.age = 0;
             flagged = true;
             start = true;
+        }
+        // The hold channel's own alarm: one flagged event, then refractory until it falls
+        // below `off`. While the main alarm is on or refractory, a hold is part of its episode.
+        if hold_on {
+            if self.hold_state == State::Refractory && rh < off {
+                self.hold_state = State::Armed;
+            }
+            if self.hold_state == State::Armed && rh >= 1.0 {
+                self.hold_state = State::Refractory;
+                if self.state == State::Armed {
+                    // Only the hold flags this event: the held metrics are its contributions.
+                    let held = |m: &Metric| {
+                        if m.held_dev >= p.hold {
+                            m.held_dev
+                        } else {
+                            0.0
+                        }
+                    };
+                    let total: f64 = self.metrics.iter().map(held).sum();
+                    for (c, m) in self.contrib.iter_mut().zip(&self.metrics) {
+                        *c = held(m) / total;
+                    }
+                    flagged = true;
+                    start = true;
+                }
+            }
         }
         // Learning: flagged events are not learned.
         let learn = !flagged;
@@ -970,6 +1050,7 @@ impl Codev {
             self.h2.add(dm, p.calibration);
         }
         self.d_prev = d;
+        let score = score.max(rh);
         self.held = score.max(p.decay * self.held);
         self.t += 1;
         Out {
@@ -994,11 +1075,13 @@ fn persistence(ring: &mut VecDeque<f64>, span: usize, d: f64, d_prev: f64) -> f6
         *slot = *x;
     }
     let v = &mut v[..n];
-    v.sort_by(f64::total_cmp);
+    // The middle value (and for an even count the largest below it), without a full sort.
+    let (below, &mut mid, _) = v.select_nth_unstable_by(n / 2, f64::total_cmp);
     let m = if n % 2 == 1 {
-        v[n / 2]
+        mid
     } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
+        let lower = below.iter().copied().max_by(f64::total_cmp).unwrap_or(mid);
+        0.5 * (lower + mid)
     };
     while ring.len() + 1 >= span {
         ring.pop_front();
@@ -1111,6 +1194,7 @@ impl StreamingDetector for Codev {
                     + heap::<f64>(m.sorted.capacity())
                     + deque_bytes(&m.steps)
                     + deque_bytes(&m.season)
+                    + deque_bytes(&m.held)
             })
             .sum();
         let hist = |h: &Hist| heap::<u8>(h.bins.capacity()) + heap::<u32>(h.counts.capacity());
@@ -1409,8 +1493,12 @@ mod tests {
     /// reference knows the events per day in advance; the port learns them from the first
     /// `PROBE` events and judges none of those).
     fn check_vectors(text: &str, ts: impl Fn(usize) -> f64) -> Vec<bool> {
+        check_vectors_with(CodevParams::default(), text, ts)
+    }
+
+    fn check_vectors_with(params: CodevParams, text: &str, ts: impl Fn(usize) -> f64) -> Vec<bool> {
         let (m, rows) = vectors(text);
-        let mut c = Codev::new(CodevParams::default(), m);
+        let mut c = Codev::new(params, m);
         let mut flags = 0;
         let mut flagged = Vec::with_capacity(rows.len());
         for (t, (x, r, flag, held, contrib)) in rows.iter().enumerate() {
@@ -1443,6 +1531,59 @@ mod tests {
         check_vectors(include_str!("../../tests/data/codev_d2s00.csv"), |t| {
             1.6e9 + 300.0 * t as f64
         });
+    }
+
+    #[test]
+    fn matches_the_reference_with_the_hold_channel_on() {
+        // The first 1500 events of another real service with `hold` = 8 and a calibration
+        // window of 288 events, so that the hold channel (which waits for a full window)
+        // starts within them.
+        let params = CodevParams {
+            hold: 8.0,
+            calibration: 288,
+            ..CodevParams::default()
+        };
+        let text = include_str!("../../tests/data/codev_d2s04_hold.csv");
+        let flagged = check_vectors_with(params, text, |t| 1.6e9 + 300.0 * t as f64);
+        // Without it, fewer alarms start: the held metrics start alarms of their own.
+        let (m, rows) = vectors(text);
+        let mut plain = Codev::new(
+            CodevParams {
+                calibration: 288,
+                ..CodevParams::default()
+            },
+            m,
+        );
+        let starts = |f: &[bool]| (1..f.len()).filter(|&t| f[t] && !f[t - 1]).count();
+        let without: Vec<bool> = rows
+            .iter()
+            .enumerate()
+            .map(|(t, (x, ..))| plain.step(1.6e9 + 300.0 * t as f64, x).flagged)
+            .collect();
+        assert!(
+            starts(&flagged) > starts(&without),
+            "{} alarm starts with the hold channel, {} without",
+            starts(&flagged),
+            starts(&without)
+        );
+        // At one event a second it is off: the node's reference outputs, made without it,
+        // hold with it on.
+        check_vectors_with(
+            CodevParams {
+                hold: 8.0,
+                ..CodevParams::default()
+            },
+            include_str!("../../tests/data/codev_node1s.csv"),
+            |t| 1.7e9 + t as f64,
+        );
+        // A hold beyond the features' clip could never start an alarm: refused.
+        for bad in [-1.0, ZCLIP + 0.5, f64::NAN] {
+            let p = CodevParams {
+                hold: bad,
+                ..CodevParams::default()
+            };
+            assert!(p.validate().is_err(), "hold {bad} accepted");
+        }
     }
 
     #[test]
