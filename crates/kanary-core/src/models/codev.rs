@@ -803,7 +803,6 @@ impl Codev {
         self.f.resize(fdim, 0.0);
         self.levels.clear();
         self.levels.resize(m_n, 0.0);
-
         let mut ready = true;
         for (j, (m, &xv)) in self.metrics.iter_mut().zip(x).enumerate() {
             let mut level = xv;
