@@ -82,6 +82,7 @@ typedef struct {
                          extrapolates from the raw quantiles and floors afterwards */
     double hrate, hpt;
     int hraw;
+    double covmin;    /* covariance updates needed before scoring, per joint feature (20; 0 = only WARMN) */
 } Params;
 
 typedef struct {
@@ -486,7 +487,7 @@ int codev_update(Detector *d, const double *x) {
         if (p->BR > 0) d->t3 = tail_thr(&d->h3, r * p->brate, p->pt, p->ximax, p->tfloor); }
     double t1 = d->t1, t2 = d->t2;                     /* thresholds refreshed every 12 events */
     double R1 = dd / t1, R2 = dm / t2;
-    int scoring = ready && d->t >= p->warm && d->h1.len >= 288 && d->ncov >= 288;
+    int scoring = ready && d->t >= p->warm && d->h1.len >= 288 && d->ncov >= 288 && d->ncov >= p->covmin * F;
     double R3 = p->BR > 0 ? Bm / d->t3 : 0;
     if (!scoring) { R1 = R2 = R3 = RH = 0; }
     if (d->h1.len < p->C) RH = 0;   /* the hold channel waits for a full calibration window (the main channels' quiet start) */
@@ -627,7 +628,7 @@ int main(int argc, char **argv) {
     int K = argc > 3 ? atoi(argv[3]) : 7, TK = argc > 4 ? atoi(argv[4]) : 0, RG = argc > 5 ? atoi(argv[5]) : 1, W = argc > 6 ? atoi(argv[6]) : 72;
     Params p = {.W = 72, .K = 7, .P = 288, .zclip = 10, .relmin = 0, .dir = 0, .ridge = 0.3, .C = 2016, .Ccov = 8640,
                 .inv_every = 288, .rho = 0.1, .target = 0, .kappa = 1, .epd = 288, .epd_i = 288, .pt = 0.02, .ximax = 0, .a1 = 1, .thr = 1,
-                .thr_off = 0.5, .maxhold = 12, .confirm = 1, .warm = 0, .freeze = 1, .calall = 0, .jointlearn = 0, .CU = 0, .LR = 0, .tfloor = 3.0, .diag = 0, .hdecay = 0.97, .SZ = 1, .sgate = 1, .RG = 1, .TK = 0, .rebuild = 0, .span = 0, .qf = 1, .qz = 0, .rf = 1440, .still = 1, .BR = 0, .brate = 1, .PZ = 0, .hold = 0, .hspan = 0, .hfast = 1440, .hcal = 0, .hrate = 1, .hpt = 0, .hraw = 0};
+                .thr_off = 0.5, .maxhold = 12, .confirm = 1, .warm = 0, .freeze = 1, .calall = 0, .jointlearn = 0, .CU = 0, .LR = 0, .tfloor = 3.0, .diag = 0, .hdecay = 0.97, .SZ = 1, .sgate = 1, .RG = 1, .TK = 0, .rebuild = 0, .span = 0, .qf = 1, .qz = 0, .rf = 1440, .still = 1, .BR = 0, .brate = 1, .PZ = 0, .hold = 0, .hspan = 0, .hfast = 1440, .hcal = 0, .hrate = 1, .hpt = 0, .hraw = 0, .covmin = 20};
     p.K = K; p.TK = TK; p.RG = RG; p.W = W;
     double *X = malloc(sizeof(double) * n * M);
     uint64_t s = 12345;

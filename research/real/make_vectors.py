@@ -7,7 +7,7 @@
                               that sits at 0 and moves once, a load-like gauge, and both CPUs saturated from event
                               1500 to 1559, which exercises the count floor (qf) and the move floor (rf: iowait sits
                               at 0 between one-jiffy blips)
-   results/vectors_d2s04_hold.csv first 1500 events of d2-s04 with the hold channel on (hold=8) and a calibration
+   results/vectors_d2s04_hold.csv first 2400 events of d2-s04 with the hold channel on (hold=8) and a calibration
                               window of 288 events (C=288), so that the hold channel starts within them; needs the
                               full data set
 Columns: t, x0..x{M-1}, R, flag, H, c0..c{M-1} (contributions). Values printed with %.17g.
@@ -56,4 +56,4 @@ if "d2-s00" not in names:
     raise SystemExit(f"d2-s00 is not in this data folder (services: {', '.join(names)}); pass --data with the full set")
 Xtr, _, _, _, _ = load.load("d2")
 write(os.path.join(OUT, "vectors_d2s00.csv"), Xtr[names.index("d2-s00")][:5760], P=288, epd=288.0)
-write(os.path.join(OUT, "vectors_d2s04_hold.csv"), Xtr[names.index("d2-s04")][:1500], P=288, epd=288.0, C=288, hold=8.0)
+write(os.path.join(OUT, "vectors_d2s04_hold.csv"), Xtr[names.index("d2-s04")][:2400], P=288, epd=288.0, C=288, hold=8.0)
