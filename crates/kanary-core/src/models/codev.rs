@@ -61,6 +61,11 @@ const ZCLIP: f64 = 10.0;
 const MIN_LEVEL: usize = 12;
 /// Histogram entries and covariance updates needed before scoring.
 const WARM: usize = 288;
+/// Covariance updates needed per joint feature before scoring: an inverse covariance from
+/// fewer samples stretches distances in directions it has seen little of (a node with 24
+/// metrics, 72 features, scraped every second, paged on one-second bursts while its
+/// covariance held 5 to 20 minutes of events).
+const COV_PER_FEATURE: usize = 20;
 /// Covariance updates between refreshes of the inverse.
 const INV_EVERY: u64 = 288;
 /// Tail fraction of the threshold extrapolation, and the floor of the thresholds.
@@ -948,7 +953,10 @@ impl Codev {
             self.t1 = self.h1.threshold(r);
             self.t2 = self.h2.threshold(r);
         }
-        let scoring = ready && self.h1.bins.len() >= WARM && self.n_cov >= WARM as u64;
+        let scoring = ready
+            && self.h1.bins.len() >= WARM
+            && self.n_cov >= WARM as u64
+            && self.n_cov >= (COV_PER_FEATURE * fdim) as u64;
         let (r1, r2) = if scoring {
             (d / self.t1, dm / self.t2)
         } else {
