@@ -785,16 +785,19 @@ impl Codev {
         if self.params.span > 0 {
             return self.params.span;
         }
-        (SPAN_SECONDS * self.per_day / 86_400.0)
+        self.events_in(SPAN_SECONDS, 2)
+    }
+
+    /// Events of this stream in `seconds`, rounded, at least `min` and at most `MAX_SPAN`.
+    fn events_in(&self, seconds: f64, min: usize) -> usize {
+        (seconds * self.per_day / 86_400.0)
             .round()
-            .clamp(2.0, MAX_SPAN as f64) as usize
+            .clamp(min as f64, MAX_SPAN as f64) as usize
     }
 
     /// Events of the hold channel: about 30 minutes of them, 3 to `MAX_SPAN`.
     fn hold_span(&self) -> usize {
-        (HOLD_SECONDS * self.per_day / 86_400.0)
-            .round()
-            .clamp(3.0, MAX_SPAN as f64) as usize
+        self.events_in(HOLD_SECONDS, 3)
     }
 
     /// The spec's per-event update (research/real/FINDINGS.md §2).
