@@ -138,10 +138,12 @@ NAB_DATA="${KANARY_NAB_DATA:-$ROOT/data/nab}"
 step "Numenta Anomaly Benchmark ($NAB_DATA)"
 "$ROOT/scripts/nab.sh" --kanary "$KANARY" --data "$NAB_DATA" --out "$OUT/nab" --check
 
-# --- 9. Every model on the shipped cut of the real services set ---------------------------
-step "every model, judged as an operator would (scripts/eval_real.sh on data/services)"
+# --- 9. Every model on the shipped cut of the real services set and the node recordings ----
+step "every model, judged as an operator would (scripts/eval_real.sh on data/services, data/node)"
 "$ROOT/scripts/eval_real.sh" --kanary "$KANARY" --out "$OUT/eval-real" >"$OUT/eval-real.log"
-grep -q '| d2 | `codev` |' "$OUT/eval-real/table.md" || die "eval_real.sh wrote no table"
+for set in d2 node-1s; do
+  grep -q "| $set | \`codev\` |" "$OUT/eval-real/table.md" || die "eval_real.sh wrote no $set rows"
+done
 
 # --- 10. TLS + SASL/SCRAM ---------------------------------------------------------------------
 # Last: it builds kanary with --features ssl into the same target/ (target/release/kanary is then
