@@ -3,7 +3,7 @@
 # within 3 events, median delay, false pages per service-day, normal events flagged, PR-AUC,
 # F1) on five data sets: the real services' d2 and d3 (fitted or warmed up on their unlabelled
 # train split, scored on the labelled test split), the seed stream, the microservices
-# scenario and a real node read every second (data/node: five calms, each ending in a CPU
+# scenario and a real node read every second (data/node: six calms, each ending in a CPU
 # saturation; fitted on each run's first 1000 events). Writes the table of docs/models.md
 # ("Every model on real and simulated telemetry") to OUT/table.md and every eval summary to
 # OUT/<set>.jsonl.

@@ -280,7 +280,8 @@ pub struct EvalArgs {
     /// Models to evaluate, comma-separated.
     #[arg(long, help = models_help("Models to evaluate, comma-separated [default: codev; with --model-file: its model]"))]
     pub model: Option<ModelList>,
-    /// Fit each service's model on its first N events (they are not scored).
+    /// Fit each service's model on its first N events (they are not scored). Streaming models
+    /// (`kanary models` marks them) ignore it and score every event.
     #[arg(long, default_value_t = 1000, value_parser = positive)]
     pub train: usize,
     /// Fit on this JSONL file (`.jsonl` or `.jsonl.gz`) instead; every event of --input is

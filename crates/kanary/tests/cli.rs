@@ -445,7 +445,7 @@ fn eval_reports_operator_metrics_per_service_and_reads_gzip() {
 
 #[test]
 fn the_default_detector_on_a_real_node_read_every_second() {
-    // data/node: five recorded runs of scripts/gateway_test.sh, 40 minutes of calm each, then
+    // data/node: six recorded runs of scripts/gateway_test.sh, 40 minutes of calm each, then
     // stress-ng --cpu 2 (labelled). Its bar, without Kafka or timing: every stress flagged at
     // its first or second event, at most one false alarm in each calm.
     let data = repo().join("data/node/node-1s.jsonl.gz");
@@ -453,7 +453,7 @@ fn the_default_detector_on_a_real_node_read_every_second() {
     let s = &lines[0];
     assert_eq!(s["model"], "codev", "{s}");
     let services = s["services"].as_array().unwrap();
-    assert_eq!(services.len(), 5, "{s}");
+    assert_eq!(services.len(), 6, "{s}");
     for v in services {
         assert_eq!(v["incidents"], 1, "{v}");
         assert_eq!(v["caught"], 1.0, "the stress is missed: {v}");
